@@ -1,0 +1,1 @@
+"""Thin KFP components, one per step: imports, one call into ``pretrain``, and writing the outputs."""

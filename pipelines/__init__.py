@@ -1,0 +1,1 @@
+"""The pipeline DAG(s): components composed, fanned out, given their Kubernetes settings, compiled."""

@@ -1,0 +1,57 @@
+"""The pre-training DAG: plan -> ingest/filter (fan-out) -> dedup -> tokenize -> train -> export -> evaluate.
+
+The whole resolved recipe travels as one string parameter; bulk data stays under the run root and
+only small manifests move between steps. KFP's own caching is off: it keys on parameters, not on
+the data behind a URL; the steps reuse finished work themselves by fingerprint.
+"""
+
+
+from kfp import dsl, kubernetes
+from pretrain.components import steps
+
+S3_SECRET = "pretrain-s3"
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def _configure(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
+    task.set_caching_options(False)
+    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env={k: k for k in S3_ENV},
+                                 optional=True)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2)
+    return task
+
+
+def build_pipeline(parallelism: int = 4, default_recipe: "str | None" = None):
+    """The pipeline function; ``parallelism`` bounds the ingest/filter fan-out (a compile-time value)."""
+
+    @dsl.pipeline(name="pretrain", description="From raw data to a base language model, one recipe in.")
+    def pretrain(recipe: str = default_recipe or "{}"):
+        planned = _configure(steps.plan(recipe=recipe).set_display_name("plan"))
+        with dsl.ParallelFor(planned.outputs["Output"], parallelism=parallelism, name="partitions") as part:
+            ingested = _configure(steps.ingest(recipe=recipe, partition=part), retries=2)
+            filtered = _configure(steps.filter_documents(recipe=recipe, documents=ingested.outputs["manifest"]),
+                                  retries=2)
+        deduped = _configure(steps.dedup(recipe=recipe, filtered=dsl.Collected(filtered.outputs["manifest"])))
+        tokens = _configure(steps.tokenize(recipe=recipe, documents=deduped.outputs["manifest"]))
+        trained = _configure(steps.train(recipe=recipe, tokens=tokens.outputs["manifest"]), retries=1)
+        exported = _configure(steps.export(recipe=recipe, checkpoints=trained.outputs["manifest"],
+                                           tokens=tokens.outputs["manifest"]))
+        _configure(steps.evaluate(recipe=recipe, model=exported.outputs["manifest"],
+                                  tokens=tokens.outputs["manifest"], checkpoints=trained.outputs["manifest"]))
+
+    return pretrain
+
+
+def compile_pipeline(recipe_json: str, parallelism: int, path: str) -> None:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(parallelism, recipe_json), package_path=path)
+
+
+def run_local(recipe_json: str, parallelism: int, pipeline_root: str) -> None:
+    """Run the DAG on this machine with KFP's SubprocessRunner in the current environment."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    build_pipeline(parallelism)(recipe=recipe_json)

@@ -1,0 +1,156 @@
+"""``pretrain``: run, compile and inspect pre-training recipes.
+
+The top of the house: the one library module that imports the pipelines (lazily, for run/compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from pretrain import storage
+from pretrain.config import Recipe, RecipeError, bundled_recipes, load_recipe, preflight
+
+EXAMPLES = """examples:
+  pretrain run                                 the quickstart, whole DAG, on this machine
+  pretrain run tiny train.max_steps=50         a bundled recipe with an override
+  pretrain run my.yaml run_root=s3://bucket/runs/exp1
+  pretrain compile quickstart -o pipeline.yaml upload pipeline.yaml in the KFP UI
+"""
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", default=None,
+                   help=f"recipe YAML path, s3:// URL or bundled name ({', '.join(bundled_recipes())}); "
+                        "default: quickstart")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. train.max_steps=100 sources.0.partitions=4")
+
+
+def _split_recipe(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``pretrain run key=value`` means the quickstart with an override, not a recipe named key=value."""
+    if args.recipe and "=" in args.recipe and not os.path.exists(args.recipe):
+        return None, [args.recipe, *args.overrides]
+    return args.recipe, list(args.overrides)
+
+
+def pipeline_root(recipe: Recipe) -> str:
+    """KFP's local runner keeps its own small outputs on local disk, beside the run root when it is local."""
+    if storage.is_remote(recipe.root):
+        return os.path.join(tempfile.gettempdir(), "pretrain-kfp", recipe.name)
+    return os.path.join(recipe.root, "kfp")
+
+
+def run_pipeline(recipe: Recipe) -> dict:
+    """Validate, write the resolved recipe to the run root, run the DAG with kfp.local, summarize."""
+    from pretrain.pipelines.pretrain_dag import run_local
+    from pretrain.train.step import write_recipe
+
+    preflight(recipe)
+    write_recipe(recipe)
+    storage.write_text(recipe.url("recipe.json"), recipe.to_json())
+    run_local(recipe.to_json(), recipe.pipeline.parallelism, pipeline_root(recipe))
+    return summary(recipe)
+
+
+def summary(recipe: Recipe) -> dict:
+    from pretrain.evaluate.step import pipeline_stats
+    from pretrain.manifest import Manifest
+
+    train = Manifest.load(recipe.url("train"))
+    evaluation = Manifest.load(recipe.url("evaluate"))
+    return {
+        **pipeline_stats(recipe),
+        "training steps": train.stats.get("steps"),
+        "final train loss": train.stats.get("final_train_loss"),
+        "val loss at step 0": train.stats.get("initial_val_loss"),
+        "final val loss": train.stats.get("final_val_loss"),
+        "held-out loss": evaluation.stats.get("loss"),
+        "perplexity": evaluation.stats.get("perplexity"),
+        "bits per byte": evaluation.stats.get("bits_per_byte"),
+        "model": recipe.url("model"),
+        "report": evaluation.extra.get("report_html"),
+    }
+
+
+def _print_summary(result: dict, elapsed: float) -> None:
+    print(f"\n== pretrain: finished in {elapsed:.0f} s ==")
+    width = max(map(len, result))
+    for key, value in result.items():
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if isinstance(value, float) else value
+        print(f"  {key:<{width}}  {shown}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(*_split_recipe(args))
+    print(f"pretrain: running recipe {recipe.name!r}, run root {recipe.root}", flush=True)
+    start = time.time()
+    _print_summary(run_pipeline(recipe), time.time() - start)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pretrain.pipelines.pretrain_dag import compile_pipeline
+
+    recipe = load_recipe(*_split_recipe(args))
+    compile_pipeline(recipe.to_json(), recipe.pipeline.parallelism, args.output)
+    print(f"wrote {args.output} (recipe {recipe.name!r} as the default of parameter 'recipe')")
+    return 0
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from pretrain import steps
+
+    recipe = load_recipe(*_split_recipe(args))
+    preflight(recipe)
+    result = getattr(steps, args.step)(recipe)
+    print(result.to_json())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="From raw data to a base language model: one recipe runs the whole pre-training DAG "
+                    "(plan, ingest, filter, dedup, tokenize, train, checkpoint, evaluate) through Kubeflow "
+                    "Pipelines, locally or on a cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole DAG on this machine (KFP local runner, torchrun on CPU)",
+                         description="Resolve and validate RECIPE, then run the whole pipeline with kfp.local "
+                                     "(SubprocessRunner, this Python environment). Finished steps are reused; "
+                                     "an interrupted run continues where it stopped when re-run.")
+    _recipe_args(run)
+    run.set_defaults(func=cmd_run)
+    comp = sub.add_parser("compile", help="write the KFP v2 pipeline YAML for the KFP UI",
+                          description="Compile the pipeline to KFP v2 YAML with RECIPE (resolved) as the default "
+                                      "value of its one parameter, 'recipe'. Upload it in the KFP UI.")
+    _recipe_args(comp)
+    comp.add_argument("-o", "--output", default="pipeline.yaml", help="output path (default: pipeline.yaml)")
+    comp.set_defaults(func=cmd_compile)
+    for name, help_text in (("data", "plan, ingest, filter, dedup and tokenize, in-process (no KFP)"),
+                            ("train", "the data steps and training, in-process (no KFP)"),
+                            ("export", "up to the Hugging Face export, in-process (no KFP)"),
+                            ("evaluate", "every step in-process (no KFP), ending with the report")):
+        p = sub.add_parser(name, help=help_text, description=f"Run {help_text}; finished steps are reused.")
+        _recipe_args(p)
+        p.set_defaults(func=cmd_step, step=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RecipeError, storage.StorageError) as err:
+        print(f"pretrain: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\npretrain: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

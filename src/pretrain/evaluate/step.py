@@ -1,0 +1,60 @@
+"""The evaluate step: load the exported model as any user would, measure, and write the report."""
+
+from __future__ import annotations
+
+from pretrain import storage
+from pretrain.config import Recipe, fingerprint
+from pretrain.evaluate.heldout import generate_samples, heldout_metrics
+from pretrain.manifest import Manifest, reuse
+from pretrain.report import render_html, render_markdown
+from pretrain.tokens import TokenDataset, split_urls
+
+
+def pipeline_stats(recipe: Recipe) -> dict[str, object]:
+    """The headline counts of the data steps, read from their manifests under the run root."""
+    out: dict[str, object] = {}
+    try:
+        dedup = Manifest.load(recipe.url("dedup"))
+        tokens = Manifest.load(recipe.url("tokens"))
+    except FileNotFoundError:
+        return out
+    filtered = dedup.extra.get("filter_stats", {})
+    out["documents in"] = filtered.get("documents_in")
+    out["documents kept by filters"] = filtered.get("kept")
+    out["exact duplicates removed"] = dedup.stats.get("duplicates")
+    out["documents after dedup"] = dedup.stats.get("documents_out")
+    out["train tokens"] = tokens.stats.get("train_tokens")
+    out["validation tokens"] = tokens.stats.get("val_tokens")
+    return out
+
+
+def evaluate(
+    recipe: Recipe, model_manifest: Manifest, tokens: Manifest, checkpoints: Manifest | None = None
+) -> Manifest:
+    root = recipe.url("evaluate")
+    fp = fingerprint(recipe.evaluate.model_dump(), model_manifest.fingerprint, tokens.fingerprint)
+    if (done := reuse(root, fp)) is not None:
+        return done
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = storage.local_copy(model_manifest.root)
+    model = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    val = TokenDataset(split_urls(tokens.shards, "val"), recipe.model.seq_len)
+    metrics = heldout_metrics(model, val, recipe.evaluate.batch_size, recipe.evaluate.max_batches)
+    samples = generate_samples(model, tokenizer, recipe.evaluate.prompts, recipe.evaluate.max_new_tokens, recipe.seed)
+    report = {"recipe": recipe.name, "metrics": metrics, "samples": samples,
+              "train": checkpoints.stats if checkpoints else {},
+              "history": checkpoints.extra.get("history", []) if checkpoints else [],
+              "steps": pipeline_stats(recipe)}
+    markdown, html = render_markdown(report), render_html(report)
+    storage.write_text(storage.join(root, "report.md"), markdown)
+    storage.write_text(storage.join(root, "report.html"), html)
+    storage.write_json(storage.join(root, "report.json"), report)
+    result = Manifest(kind="evaluation", root=root, fingerprint=fp, stats=metrics,
+                      config=recipe.evaluate.model_dump(),
+                      extra={"report_html": storage.join(root, "report.html"),
+                             "report_md": storage.join(root, "report.md"), "samples": samples})
+    result.save()
+    return result

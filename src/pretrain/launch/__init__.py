@@ -1,0 +1,1 @@
+"""Launchers: run a resolved training job locally (torchrun) or, later, as a PyTorchJob / TrainJob."""

@@ -1,0 +1,1 @@
+"""Model construction from config (Hugging Face classes), parallelize(), Hugging Face export."""

@@ -1,0 +1,137 @@
+"""Sharded, atomic, resumable checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout: ``<run root>/checkpoints/step-NNNNNNN/`` holding the DCP files (model and optimizer, each
+rank writing its own shard), ``extra.json`` (step, scheduler, loader position, fingerprint),
+``rng-rank<R>.pt`` and, written last by rank 0 after every rank finished, the ``_COMMITTED`` marker.
+A folder without the marker is never loaded and is cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from pretrain import storage
+
+STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def committed_steps(root: str) -> list[int]:
+    steps = []
+    for name in storage.listdir(root):
+        match = STEP_DIR.match(name)
+        if match and storage.exists(storage.join(root, name, storage.COMMIT_MARKER)):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def _writer(url: str):
+    if storage.is_remote(url):
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+        return FsspecWriter(url, **storage.fs_options(url.split("://", 1)[0]))
+    return dcp.FileSystemWriter(url)
+
+
+def _reader(url: str):
+    if storage.is_remote(url):
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        return FsspecReader(url, **storage.fs_options(url.split("://", 1)[0]))
+    return dcp.FileSystemReader(url)
+
+
+@dataclass
+class CheckpointManager:
+    root: str
+    keep: int = 2
+    fingerprint: str = ""
+
+    def url(self, step: int) -> str:
+        return storage.join(self.root, step_name(step))
+
+    def latest(self) -> int | None:
+        steps = committed_steps(self.root)
+        return steps[-1] if steps else None
+
+    def save(self, step: int, model, optimizer, scheduler, extra: dict[str, Any] | None = None) -> str:
+        url = self.url(step)
+        if _rank() == 0 and storage.exists(url):
+            storage.remove(url)  # a half-written folder from an interrupted save
+        _barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(url))
+        buf = io.BytesIO()
+        torch.save({"torch": torch.get_rng_state()}, buf)
+        storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
+        _barrier()
+        if _rank() == 0:
+            meta = {"step": step, "scheduler": scheduler.state_dict(), "fingerprint": self.fingerprint,
+                    "world_size": dist.get_world_size() if dist.is_initialized() else 1, **(extra or {})}
+            storage.write_text(storage.join(url, "extra.json"), json.dumps(meta, default=float))
+            storage.write_text(storage.join(url, storage.COMMIT_MARKER), f"{step}\n")
+            self._prune(step)
+        _barrier()
+        return url
+
+    def _prune(self, latest: int) -> None:
+        committed = committed_steps(self.root)
+        for step in committed[: max(0, len(committed) - self.keep)]:
+            storage.remove(self.url(step))
+        for name in storage.listdir(self.root):
+            match = STEP_DIR.match(name)
+            if match and int(match.group(1)) not in committed and int(match.group(1)) < latest:
+                storage.remove(storage.join(self.root, name))
+
+    def extra(self, step: int) -> dict[str, Any]:
+        return json.loads(storage.read_text(storage.join(self.url(step), "extra.json")))
+
+    def restore(self, model, optimizer, scheduler) -> int:
+        """Load the latest committed checkpoint made by the same run config; return its step (0 if none)."""
+        step = self.latest()
+        if step is None:
+            return 0
+        meta = self.extra(step)
+        if self.fingerprint and meta.get("fingerprint") != self.fingerprint:
+            if _rank() == 0:
+                print(f"[checkpoint] ignoring {self.url(step)}: made by another model/data config", flush=True)
+            return 0
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(state, storage_reader=_reader(self.url(step)))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        rng_url = storage.join(self.url(step), f"rng-rank{_rank()}.pt")
+        if storage.exists(rng_url):
+            torch.set_rng_state(torch.load(io.BytesIO(storage.read_bytes(rng_url)))["torch"])
+        return int(meta["step"])
+
+
+def load_model_weights(url: str, model) -> None:
+    """Load only the model weights of a DCP checkpoint into a plain single-process model (for export)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, storage_reader=_reader(url))
+    set_model_state_dict(model, state["model"])

@@ -1,0 +1,174 @@
+"""The training loop: short on purpose; checkpointing, logging and throughput are callbacks.
+
+Every rank runs the same code. Batches come from ``TokenDataset.sample(seed, step, rank)``, so the
+loader needs no state beyond the step number to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pretrain.config import Recipe, fingerprint
+from pretrain.manifest import Manifest
+from pretrain.model.build import build_model, flops_per_token
+from pretrain.model.parallel import parallelize, unwrap
+from pretrain.tokens import TokenDataset, split_urls
+from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
+from pretrain.train.checkpoint import CheckpointManager
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+
+def init_distributed(backend: str) -> Dist:
+    """Join torchrun's process group (gloo on CPU, NCCL on GPU); a plain process is a group of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return schedule
+
+
+def causal_lm_loss(model, windows: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=windows[:, :-1]).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if os.environ.get("PRETRAIN_PEAK_FLOPS"):
+        return float(os.environ["PRETRAIN_PEAK_FLOPS"])
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return None
+
+
+def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: TokenDataset, batch: int, max_batches: int, d: Dist, autocast) -> float:
+    """Mean loss over the same fixed validation windows every time, split across ranks."""
+    model.eval()
+    total, count = 0.0, 0
+    for i, windows in enumerate(data.sequential(batch, max_batches)):
+        if i % d.world != d.rank:
+            continue
+        with autocast():
+            loss = causal_lm_loss(model, torch.from_numpy(windows).to(d.device))
+        total, count = total + loss.item() * len(windows), count + len(windows)
+    model.train()
+    t = torch.tensor([total, count], dtype=torch.float64, device=d.device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return (t[0] / t[1]).item()
+
+
+def train(recipe: Recipe) -> dict:
+    cfg = recipe.train
+    d = init_distributed(cfg.backend)
+    torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
+        os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    tokens = Manifest.load(recipe.url("tokens"))
+    vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
+    train_data = TokenDataset(split_urls(tokens.shards, "train"), recipe.model.seq_len)
+    val_data = TokenDataset(split_urls(tokens.shards, "val"), recipe.model.seq_len)
+
+    model = build_model(recipe.model, vocab, eos, seed=recipe.seed)
+    fpt = flops_per_token(model, recipe.model.seq_len)
+    model = parallelize(model, cfg, d.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.max_steps,
+                                                                       cfg.min_lr_ratio))
+    ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
+                             fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
+    start = ckpt.restore(model, optimizer, scheduler)
+    use_bf16 = cfg.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, flops_per_token=fpt,
+                       tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * recipe.model.seq_len * d.world,
+                       peak_flops=peak_flops(d.device, cfg.precision))
+    log = MetricsLog(recipe.url("train", "metrics.jsonl"), cfg.log_interval, start)
+    callbacks: list[Callback] = [
+        Throughput(), log,
+        Checkpointing(lambda step: ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step *
+                                                                                  state.tokens_per_step}),
+                      cfg.checkpoint_interval),
+    ]
+
+    def run_eval() -> None:
+        loss = evaluate_loss(model, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast)
+        metrics = {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
+        for cb in callbacks:
+            cb.on_eval(state, metrics)
+
+    if start == 0:
+        run_eval()
+    model.train()
+    for step in range(start + 1, cfg.max_steps + 1):
+        state.step = step
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(cfg.grad_accum_steps):
+            windows = torch.from_numpy(train_data.sample(recipe.seed, (step - 1) * cfg.grad_accum_steps + micro,
+                                                         d.rank, cfg.micro_batch_size)).to(d.device)
+            last = micro == cfg.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync, autocast():
+                loss = causal_lm_loss(model, windows) / cfg.grad_accum_steps
+            with sync:
+                loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        loss_mean, = all_reduce_mean([total], d.device)
+        metrics = {"loss": loss_mean, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        for cb in callbacks:
+            cb.on_step(state, metrics)
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            run_eval()
+    for cb in callbacks:
+        cb.on_end(state)
+    summary = {"step": state.step, "history": log.rows, "world_size": d.world, "device": d.device.type,
+               "parameters": sum(p.numel() for p in unwrap(model).parameters())}
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary

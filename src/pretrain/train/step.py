@@ -1,0 +1,50 @@
+"""The train step as the pipeline calls it: launch the job, then describe its checkpoints."""
+
+from __future__ import annotations
+
+import yaml
+
+from pretrain import storage
+from pretrain.config import Recipe, fingerprint
+from pretrain.launch.local import LocalJob, run
+from pretrain.manifest import Manifest, Shard, reuse
+from pretrain.train.checkpoint import committed_steps, step_name
+
+
+def write_recipe(recipe: Recipe) -> str:
+    """The resolved recipe, at the run root, where the training entry point reads it."""
+    url = recipe.url("recipe.yaml")
+    storage.write_text(url, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    return url
+
+
+def train_step(recipe: Recipe, tokens: Manifest) -> Manifest:
+    root = recipe.url("train")
+    fp = fingerprint(recipe.model.model_dump(), recipe.train.model_dump(), recipe.seed, tokens.fingerprint)
+    if (done := reuse(root, fp)) is not None:
+        return done
+    config_url = write_recipe(recipe)
+    if recipe.train.launcher == "local":
+        run(LocalJob(config_url, recipe.train.nnodes, recipe.train.nproc_per_node, recipe.train.threads_per_process))
+    summary = storage.read_json(storage.join(root, "summary.json"))
+    ckpt_root = recipe.url("checkpoints")
+    steps = committed_steps(ckpt_root)
+    if not steps or steps[-1] != recipe.train.max_steps:
+        raise RuntimeError(f"training ended without a committed checkpoint at step {recipe.train.max_steps}")
+    history = summary["history"]
+    evals = [r for r in history if "val_loss" in r]
+    losses = [r for r in history if "loss" in r]
+    stats = {
+        "steps": summary["step"], "parameters": summary["parameters"], "world_size": summary["world_size"],
+        "initial_val_loss": evals[0]["val_loss"] if evals else None,
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "final_train_loss": losses[-1]["loss"] if losses else None,
+        "tokens_per_second": losses[-1].get("tokens_per_second") if losses else None,
+    }
+    shards = [Shard(url=storage.join(ckpt_root, step_name(s)), rows=s, bytes=0, meta={"step": s}) for s in steps]
+    result = Manifest(kind="checkpoints", root=root, fingerprint=fp, shards=shards, stats=stats,
+                      config=recipe.train.model_dump(),
+                      extra={"latest": shards[-1].url, "metrics": storage.join(root, "metrics.jsonl"),
+                             "history": history})
+    result.save()
+    return result
