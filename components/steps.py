@@ -13,7 +13,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 IMAGE = os.environ.get("PRETRAIN_IMAGE", "ghcr.io/pretrain-dev/pretrain:0.1.0")
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def plan(recipe: str, manifest: Output[Artifact], summary: Output[Markdown], metrics: Output[Metrics]) -> list:
     """Resolve the sources into input partitions (built-in corpora are built here)."""
     from pretrain.components.outputs import write_outputs
@@ -26,7 +26,7 @@ def plan(recipe: str, manifest: Output[Artifact], summary: Output[Markdown], met
     return result.extra["partitions"]
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(recipe: str, partition: dict, manifest: Output[Dataset], summary: Output[Markdown],
            metrics: Output[Metrics]):
     """Read one partition of a raw source into a Parquet documents shard."""
@@ -38,7 +38,7 @@ def ingest(recipe: str, partition: dict, manifest: Output[Dataset], summary: Out
     write_outputs(run(from_json(recipe), partition), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Dataset],
                      summary: Output[Markdown], metrics: Output[Metrics]):
     """Apply the quality rules; dropped documents are kept aside with their reason."""
@@ -50,7 +50,7 @@ def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Da
     write_outputs(filter_shard(from_json(recipe), read_manifest(documents)), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup(recipe: str, filtered: Input[list[Dataset]], manifest: Output[Dataset], summary: Output[Markdown],
           metrics: Output[Metrics]):
     """Remove exact duplicates across all kept shards."""
@@ -62,7 +62,7 @@ def dedup(recipe: str, filtered: Input[list[Dataset]], manifest: Output[Dataset]
     write_outputs(run(from_json(recipe), [read_manifest(a) for a in filtered]), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tokenize(recipe: str, documents: Input[Dataset], manifest: Output[Dataset], summary: Output[Markdown],
              metrics: Output[Metrics]):
     """Train or load the tokenizer; write train/validation token shards."""
@@ -74,7 +74,7 @@ def tokenize(recipe: str, documents: Input[Dataset], manifest: Output[Dataset], 
     write_outputs(run(from_json(recipe), read_manifest(documents)), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(recipe: str, tokens: Input[Dataset], manifest: Output[Artifact], summary: Output[Markdown],
           metrics: Output[Metrics]):
     """Launch the training job (torchrun locally) and describe its committed checkpoints."""
@@ -86,7 +86,7 @@ def train(recipe: str, tokens: Input[Dataset], manifest: Output[Artifact], summa
     write_outputs(train_step(from_json(recipe), read_manifest(tokens)), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def export(recipe: str, checkpoints: Input[Artifact], tokens: Input[Dataset], manifest: Output[Model],
            summary: Output[Markdown], metrics: Output[Metrics]):
     """Export the latest checkpoint as a Hugging Face model folder."""
@@ -99,7 +99,7 @@ def export(recipe: str, checkpoints: Input[Artifact], tokens: Input[Dataset], ma
                   manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(recipe: str, model: Input[Model], tokens: Input[Dataset], checkpoints: Input[Artifact],
              manifest: Output[Artifact], summary: Output[Markdown], metrics: Output[Metrics], report: Output[HTML]):
     """Held-out loss, perplexity, bits per byte and samples; the report for the KFP UI."""

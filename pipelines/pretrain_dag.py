@@ -51,7 +51,16 @@ def compile_pipeline(recipe_json: str, parallelism: int, path: str) -> None:
 
 def run_local(recipe_json: str, parallelism: int, pipeline_root: str) -> None:
     """Run the DAG on this machine with KFP's SubprocessRunner in the current environment."""
+    import builtins
+    import warnings
+
     from kfp import local
 
+    # Locally every step runs in this environment, where pretrain is installed: the image is not used.
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    build_pipeline(parallelism)(recipe=recipe_json)
+    original_print = builtins.print  # kfp.local indents print() while it runs and may leave it so
+    try:
+        build_pipeline(parallelism)(recipe=recipe_json)
+    finally:
+        builtins.print = original_print

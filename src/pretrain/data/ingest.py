@@ -61,7 +61,8 @@ def html_to_text(body: bytes) -> str:
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     html = bytes_to_str(body, detect_encoding(body))
-    return extract_plain_text(html, main_content=False, alt_texts=False, links=False, preserve_formatting=True)
+    text = extract_plain_text(html, main_content=False, alt_texts=False, links=False, preserve_formatting=True)
+    return text.replace("\xa0", " ")  # &nbsp; is layout, not text: keep it out of the tokenizer
 
 
 def read_warc(src: SourceConfig, files: list[tuple[str, str]], skipped: collections.Counter,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,8 @@ class CheckpointManager:
         rng_url = storage.join(self.url(step), f"rng-rank{_rank()}.pt")
         if storage.exists(rng_url):
             torch.set_rng_state(torch.load(io.BytesIO(storage.read_bytes(rng_url)))["torch"])
+        if _rank() == 0:
+            print(f"[checkpoint] resumed from {self.url(step)}", flush=True)
         return int(meta["step"])
 
 
@@ -133,5 +136,7 @@ def load_model_weights(url: str, model) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, storage_reader=_reader(url))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        dcp.load(state, storage_reader=_reader(url))
     set_model_state_dict(model, state["model"])

@@ -1,0 +1,158 @@
+"""Formats and the data steps on small data the tests make themselves: ingest, filter, dedup, tokenize."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pretrain import storage
+from pretrain.config import load_recipe
+from pretrain.data import documents
+from pretrain.data.dedup import dedup
+from pretrain.data.filters import filter_shard
+from pretrain.data.ingest import ingest
+from pretrain.data.plan import plan
+from pretrain.data.tokenize import tokenize
+from pretrain.manifest import Manifest
+
+CODE = "".join(f"def f{i}(x):\n    '''Add {i} to x.'''\n    return x + {i}\n\n" for i in range(20))
+
+
+def make_warc(path, pages: dict[str, bytes]) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, body in pages.items():
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
+                                                          http_headers=headers))
+
+
+def page(words: int, title: str) -> bytes:
+    body = "".join(f"<p>{title} says word{i} and text</p>" for i in range(words))
+    return f"<html><head><title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>".encode()
+
+
+@pytest.fixture
+def sources(tmp_path):
+    code = tmp_path / "repo"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "a.py").write_text(CODE)
+    (code / "pkg" / "b.py").write_text(CODE)  # an exact duplicate of a.py
+    (code / "pkg" / "c.py").write_text(CODE.replace("Add", "Plus"))
+    (code / "pkg" / "short.py").write_text("x = 1\n")
+    (code / "pkg" / "latin1.py").write_bytes("# caf\xe9\n".encode("latin-1") * 50)  # invalid UTF-8
+    (code / "pkg" / "huge.py").write_text("y = 2\n" * 100_000)
+    (code / "pkg" / "notes.txt").write_text("excluded by the include glob")
+    web = tmp_path / "web"
+    web.mkdir()
+    make_warc(web / "crawl.warc.gz", {f"https://example.org/{i}": page(80 + i, f"Page {i}") for i in range(6)})
+    return code, web
+
+
+def recipe_for(tmp_path, code, web, root=None):
+    return load_recipe("tiny", [
+        f"run_root={root or tmp_path / 'run'}",
+        f"sources.0.uri={code}", "sources.0.include=['*.py']", "sources.0.exclude=[]",
+        "sources.0.max_document_bytes=100000", "sources.0.partitions=2",
+        f"sources.1.uri={web}", "sources.1.partitions=1",
+        "filter.min_chars=100", "filter.min_words=10", "tokenizer.vocab_size=300", "split.val_fraction=0.3",
+        "model.seq_len=16",
+    ])
+
+
+def test_ingest_counts_every_skip_and_writes_the_documents_schema(tmp_path, sources):
+    recipe = recipe_for(tmp_path, *sources)
+    parts = plan(recipe).extra["partitions"]
+    assert [(p["source"], p["index"]) for p in parts] == [("stdlib-code", 0), ("stdlib-code", 1), ("pydoc-web", 0)]
+    code = [ingest(recipe, p) for p in parts[:2]]
+    skipped = {k: sum(m.stats["skipped"].get(k, 0) for m in code) for k in ("invalid_utf8", "too_large")}
+    assert skipped == {"invalid_utf8": 1, "too_large": 1}
+    assert sum(m.stats["documents"] for m in code) == 4  # a, b, c, short
+    assert sum(m.stats["files"] for m in code) == 6      # notes.txt is not included
+    table = pq.read_table(code[0].shards[0].url)
+    assert table.schema.names == documents.SCHEMA.names
+    meta = json.loads(table.column("meta")[0].as_py())
+    assert meta["language"] == "python"
+    web = ingest(recipe, parts[2])
+    rows = pq.read_table(web.shards[0].url).to_pylist()
+    assert len(rows) == 6 and rows[0]["url"].startswith("https://example.org/")
+    assert "<p>" not in rows[0]["text"] and "word1 and text" in rows[0]["text"]
+
+
+def test_documents_load_with_hf_datasets(tmp_path, sources):
+    import datasets
+
+    recipe = recipe_for(tmp_path, *sources)
+    m = ingest(recipe, plan(recipe).extra["partitions"][2])
+    ds = datasets.load_dataset("parquet", data_files=[m.shards[0].url], split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 6 and set(documents.SCHEMA.names) == set(ds.column_names)
+
+
+def test_corrupt_warc_is_counted_not_fatal(tmp_path, sources):
+    code, web = sources
+    good = (web / "crawl.warc.gz").read_bytes()
+    (web / "crawl.warc.gz").write_bytes(good[: len(good) // 2])  # truncated mid-record
+    (web / "zz-garbage.warc.gz").write_bytes(gzip.compress(b"this is not a WARC file at all\r\n" * 10))
+    recipe = recipe_for(tmp_path, code, web)
+    m = ingest(recipe, plan(recipe).extra["partitions"][2])
+    assert 0 < m.stats["documents"] < 6
+    assert m.stats["skipped"].get("corrupt_record", 0) >= 1
+
+
+def test_filter_keeps_dropped_documents_with_their_reason(tmp_path, sources):
+    recipe = recipe_for(tmp_path, *sources)
+    parts = plan(recipe).extra["partitions"]
+    results = [filter_shard(recipe, ingest(recipe, p)) for p in parts]
+    dropped = [r for m in results for r in pq.read_table(m.extra["dropped"][0]["url"]).to_pylist()]
+    assert {r["reason"] for r in dropped} == {"too_short"}
+    assert [json.loads(r["meta"])["path"] for r in dropped] == ["pkg/short.py"]
+    kept = sum(m.stats["kept"] for m in results)
+    assert kept + len(dropped) == sum(m.stats["documents_in"] for m in results)
+
+
+def test_filter_rules_name_the_reason():
+    import pyarrow as pa
+
+    from pretrain.config import FilterConfig
+    from pretrain.data.filters import line_rules, reasons
+
+    cfg = FilterConfig(min_chars=10, min_words=3, max_duplicate_line_fraction=0.5)
+    batch = pa.RecordBatch.from_pydict({"text": [
+        "short", "one two three four five six", "@@@@ #### $$$$ %%%% ^^^^ &&&&", "same\n" * 10 + "other\n",
+    ]})
+    assert reasons(batch, cfg, line_rules(cfg)) == [
+        "too_short", None, "low_alnum_fraction", "repeated_lines"]
+
+
+def test_dedup_and_tokenize(tmp_path, sources):
+    recipe = recipe_for(tmp_path, *sources)
+    parts = plan(recipe).extra["partitions"]
+    filtered = [filter_shard(recipe, ingest(recipe, p)) for p in parts]
+    deduped = dedup(recipe, filtered)
+    assert deduped.stats["duplicates"] == 1  # b.py == a.py; the first in shard order is kept
+    assert deduped.stats["documents_out"] == deduped.stats["documents_in"] - 1
+    tokens = tokenize(recipe, deduped)
+    assert tokens.stats["train_documents"] + tokens.stats["val_documents"] == deduped.stats["documents_out"]
+    assert tokens.stats["val_tokens"] > 0 and tokens.stats["train_tokens"] > 0
+    assert storage.exists(storage.join(tokens.extra["tokenizer"], "tokenizer.json"))
+    # Re-running a finished step reuses it: same manifest, nothing rewritten.
+    again = tokenize(recipe, deduped)
+    assert again.to_json() == tokens.to_json()
+    assert Manifest.load(recipe.url("tokens")).fingerprint == tokens.fingerprint
+
+
+def test_data_steps_on_s3(tmp_path, sources, s3):
+    recipe = recipe_for(tmp_path, *sources, root=f"{s3}/runs/unit")
+    parts = plan(recipe).extra["partitions"]
+    deduped = dedup(recipe, [filter_shard(recipe, ingest(recipe, p)) for p in parts])
+    tokens = tokenize(recipe, deduped)
+    assert tokens.shards[0].url.startswith(s3)
+    assert storage.exists(recipe.url("tokens", "_MANIFEST.json"))
