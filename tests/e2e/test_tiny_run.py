@@ -115,7 +115,7 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "[checkpoint] resumed from" in again.stdout + again.stderr
     assert ingest_manifest.stat().st_mtime_ns == before  # finished data steps were not redone
-    assert Manifest.load(str(root / "train")).stats["steps"] == 200
+    assert Manifest.load(str(root / "train")).stats["steps"] == 300
 
 
 def test_run_root_on_s3(s3, tmp_path):

@@ -16,8 +16,8 @@ def parallelize(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) 
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if cfg.parallel == "fsdp" and distributed:
+    in_group = dist.is_available() and dist.is_initialized()
+    if cfg.parallel == "fsdp" and in_group:
         from torch.distributed.fsdp import fully_shard
 
         for layer in model.model.layers:
@@ -25,7 +25,7 @@ def parallelize(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) 
         fully_shard(model)
     if cfg.compile:
         model = torch.compile(model)
-    if cfg.parallel == "ddp" and distributed:
+    if cfg.parallel == "ddp" and in_group and dist.get_world_size() > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

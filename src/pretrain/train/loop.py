@@ -42,7 +42,7 @@ def init_distributed(backend: str) -> Dist:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if "RANK" in os.environ and not dist.is_initialized():  # under torchrun, even as a group of one (FSDP2)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
@@ -150,9 +150,9 @@ def train(recipe: Recipe) -> dict:
                                                          d.rank, cfg.micro_batch_size)).to(d.device)
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync, autocast():
-                loss = causal_lm_loss(model, windows) / cfg.grad_accum_steps
-            with sync:
+            with sync:  # DDP all-reduces gradients on the last micro-batch only
+                with autocast():
+                    loss = causal_lm_loss(model, windows) / cfg.grad_accum_steps
                 loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
