@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   pretrain run tiny train.max_steps=50         a bundled recipe with an override
   pretrain run my.yaml run_root=s3://bucket/runs/exp1
   pretrain compile quickstart -o pipeline.yaml upload pipeline.yaml in the KFP UI
+  pretrain submit quickstart run_root=s3://pretrain/runs/qs --host http://localhost:8080
 """
 
 
@@ -101,6 +102,34 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def submit(recipe: Recipe, host: str | None, experiment: str, namespace: str | None = None) -> str:
+    """Compile and start a run on a KFP endpoint (in-cluster defaults when ``host`` is None); return its id.
+
+    The run root must be on S3: steps run in pods that share no disk.
+    """
+    import kfp
+
+    from pretrain.pipelines.pretrain_dag import compile_pipeline
+
+    if not storage.is_remote(recipe.root):
+        raise RecipeError(f"run_root: {recipe.root} is a local path; a cluster run needs run_root=s3://...")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "pipeline.yaml")
+        compile_pipeline(recipe.to_json(), recipe.pipeline.parallelism, path)
+        client = kfp.Client(host=host, namespace=namespace)
+        run = client.create_run_from_pipeline_package(
+            path, arguments={"recipe": recipe.to_json()}, run_name=f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment, namespace=namespace, enable_caching=False)
+    return run.run_id
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    recipe = load_recipe(*_split_recipe(args))
+    run_id = submit(recipe, args.host, args.experiment, args.namespace)
+    print(f"submitted recipe {recipe.name!r} as KFP run {run_id}")
+    return 0
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     from pretrain import steps
 
@@ -130,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(comp)
     comp.add_argument("-o", "--output", default="pipeline.yaml", help="output path (default: pipeline.yaml)")
     comp.set_defaults(func=cmd_compile)
+    sub_ = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines endpoint",
+                          description="Compile RECIPE and start it as a run on a KFP endpoint. The run root must "
+                                      "be s3://; pods get S3 settings from the Secret pretrain-s3.")
+    _recipe_args(sub_)
+    sub_.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API URL (default: $KFP_HOST, "
+                      "or the in-cluster default)")
+    sub_.add_argument("--experiment", default="pretrain", help="KFP experiment name (default: pretrain)")
+    sub_.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user KFP)")
+    sub_.set_defaults(func=cmd_submit)
     for name, help_text in (("data", "plan, ingest, filter, dedup and tokenize, in-process (no KFP)"),
                             ("train", "the data steps and training, in-process (no KFP)"),
                             ("export", "up to the Hugging Face export, in-process (no KFP)"),

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,23 +137,33 @@ def remove(url: str) -> None:
 
 
 def local_copy(url: str, cache_dir: str | None = None) -> str:
-    """A local path holding ``url`` (a file or a folder); remote data is downloaded once."""
+    """A local path holding ``url`` (a file or a folder); remote data is downloaded once.
+
+    Safe when several processes (the ranks of one node) ask at once: each downloads to its own
+    temporary name and the first rename wins; the cached copy is complete whenever it exists.
+    """
     if not is_remote(url):
         return str(url)
     fs, path = filesystem(url)
     root = Path(cache_dir or os.environ.get("PRETRAIN_CACHE", Path(tempfile.gettempdir()) / "pretrain-cache"))
     dest = root / urlparse(url).netloc / urlparse(url).path.lstrip("/")
-    done = dest.parent / f".{dest.name}.done"
-    if done.exists():
-        return str(dest)
     if dest.exists():
-        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if fs.isdir(path):
-        fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
-    else:
-        fs.get_file(path, str(dest))
-    done.touch()
+    partial = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        if fs.isdir(path):
+            fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
+        else:
+            fs.get_file(path, str(partial))
+        try:
+            os.rename(partial, dest)
+        except OSError:
+            if not dest.exists():  # not a lost race with another process: a real error
+                raise
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     return str(dest)
 
 

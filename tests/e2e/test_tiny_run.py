@@ -45,6 +45,8 @@ def test_whole_dag_runs_in_under_three_minutes(tiny_run):
         assert (root / step / "_MANIFEST.json").exists(), step
     assert "perplexity" in proc.stdout and str(root / "evaluate" / "report.html") in proc.stdout
     assert (root / "recipe.yaml").exists()
+    report = (root / "evaluate" / "report.html").read_text()
+    assert "<svg" in report and "<script src" not in report and "<link" not in report  # self-contained
 
 
 def test_training_really_learned(tiny_run):

@@ -60,3 +60,15 @@ def test_s3_objects_are_visible_to_a_plain_s3_client(s3):
     client = Minio(ep.netloc, access_key="testing", secret_key="testing", secure=False)
     bucket = s3[len("s3://"):]
     assert client.get_object(bucket, "k/obj.txt").read() == b"via fsspec"
+
+
+def test_concurrent_local_copies_of_one_folder(s3, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(20):
+        storage.write_text(f"{s3}/shared/f{i}.txt", str(i))
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: storage.local_copy(f"{s3}/shared", str(tmp_path / "c")), range(4)))
+    assert len(set(paths)) == 1
+    assert sorted(p.name for p in Path(paths[0]).iterdir()) == sorted(f"f{i}.txt" for i in range(20))
+    assert [p.name for p in Path(paths[0]).parent.iterdir()] == ["shared"]  # no partial copies left

@@ -31,6 +31,19 @@ def partition_files(recipe: Recipe, src: SourceConfig, index: int, count: int) -
     return files[index::count]
 
 
+def decode_text(data: bytes, skipped: collections.Counter, html: bool = False) -> str | None:
+    """A document's text, or None (counted in ``skipped``) when it is not valid UTF-8 or is empty."""
+    try:
+        text = html_to_text(data) if html else data.decode("utf-8")
+    except UnicodeDecodeError:
+        skipped["invalid_utf8"] += 1
+        return None
+    if not text.strip():
+        skipped["empty"] += 1
+        return None
+    return text
+
+
 def read_code(src: SourceConfig, files: list[tuple[str, str]], skipped: collections.Counter) -> Iterator[dict]:
     for url, rel in files:
         fs, path = storage.filesystem(url)
@@ -40,13 +53,8 @@ def read_code(src: SourceConfig, files: list[tuple[str, str]], skipped: collecti
             continue
         with fs.open(path, "rb") as f:
             data = f.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped["invalid_utf8"] += 1
-            continue
-        if not text.strip():
-            skipped["empty"] += 1
+        text = decode_text(data, skipped)
+        if text is None:
             continue
         ext = posixpath.splitext(rel)[1].lower()
         yield {
@@ -94,13 +102,8 @@ def read_warc(src: SourceConfig, files: list[tuple[str, str]], skipped: collecti
                     skipped["too_large"] += 1
                     continue
                 ctype = (record.http_headers.get("Content-Type", "") if record.http_headers else "").lower()
-                try:
-                    text = html_to_text(body) if ("html" in ctype or not ctype) else body.decode("utf-8")
-                except UnicodeDecodeError:
-                    skipped["invalid_utf8"] += 1
-                    continue
-                if not text.strip():
-                    skipped["empty"] += 1
+                text = decode_text(body, skipped, html="html" in ctype or not ctype)
+                if text is None:
                     continue
                 produced += 1
                 yield {
