@@ -36,7 +36,7 @@ def build_pipeline(parallelism: int = 4, default_recipe: "str | None" = None):
         tokens = _configure(steps.tokenize(recipe=recipe, documents=deduped.outputs["manifest"]))
         trained = _configure(steps.train(recipe=recipe, tokens=tokens.outputs["manifest"]), retries=1)
         exported = _configure(steps.export(recipe=recipe, checkpoints=trained.outputs["manifest"],
-                                           tokens=tokens.outputs["manifest"]))
+                                           tokens=tokens.outputs["manifest"]).set_display_name("checkpoint"))
         _configure(steps.evaluate(recipe=recipe, model=exported.outputs["manifest"],
                                   tokens=tokens.outputs["manifest"], checkpoints=trained.outputs["manifest"]))
 

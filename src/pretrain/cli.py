@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("train", "the data steps and training, in-process (no KFP)"),
                             ("export", "up to the Hugging Face export, in-process (no KFP)"),
                             ("evaluate", "every step in-process (no KFP), ending with the report")):
-        p = sub.add_parser(name, help=help_text, description=f"Run {help_text}; finished steps are reused.")
+        p = sub.add_parser(name, help=help_text, description=f"Run {help_text}; finished steps are reused.",
+                           aliases=["eval"] if name == "evaluate" else [])
         _recipe_args(p)
         p.set_defaults(func=cmd_step, step=name)
     return parser

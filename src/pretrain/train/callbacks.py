@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pretrain import storage
@@ -35,6 +40,11 @@ class Throughput(Callback):
     def __init__(self) -> None:
         self._last = time.perf_counter()
 
+    def _restart(self, *_: Any) -> None:
+        self._last = time.perf_counter()  # evals and checkpoints are not training time
+
+    on_eval = on_checkpoint = _restart
+
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
@@ -45,32 +55,62 @@ class Throughput(Callback):
 
 
 class MetricsLog(Callback):
-    """Rank 0 keeps ``train/metrics.jsonl`` (one JSON per log line, rewritten atomically) and prints."""
+    """Rank 0 keeps ``train/metrics.jsonl``, one JSON object per log line, and prints each.
 
-    def __init__(self, url: str, log_interval: int, resume_step: int) -> None:
+    Lines are appended to a local file (the file itself when the run root is local) and a remote
+    copy is uploaded at each eval, checkpoint and at the end, so logging costs no round trip per step.
+    On resume, lines past the resumed step are dropped; a torn last line is ignored.
+    """
+
+    def __init__(self, url: str, log_interval: int, resume_step: int, rank: int = 0) -> None:
         self.url = url
         self.log_interval = log_interval
+        self.rank = rank
         self.rows: list[dict[str, Any]] = []
+        if rank != 0:
+            return
         if storage.exists(url):
-            old = [json.loads(line) for line in storage.read_text(url).splitlines() if line.strip()]
-            self.rows = [r for r in old if r["step"] <= resume_step]
+            for line in storage.read_text(url).splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if row["step"] <= resume_step:
+                        self.rows.append(row)
+        if storage.is_remote(url):
+            fd, self.local = tempfile.mkstemp(suffix=".jsonl")
+            os.close(fd)
+        else:
+            self.local = url
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.local).write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self._file = open(self.local, "a")  # noqa: SIM115  (open for the whole run, closed in on_end)
 
-    def _write(self) -> None:
-        storage.write_text(self.url, "".join(json.dumps(r) + "\n" for r in self.rows))
+    def _append(self, tag: str, state: TrainState, metrics: dict[str, Any]) -> None:
+        row = {"step": state.step, **{k: _round(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        print(f"[{tag}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def sync(self) -> None:
+        if self.rank == 0 and storage.is_remote(self.url):
+            storage.write_text(self.url, Path(self.local).read_text())
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        if state.rank == 0 and (state.step % self.log_interval == 0 or state.step == state.max_steps):
-            row = {"step": state.step, **{k: _round(v) for k, v in metrics.items()}}
-            self.rows.append(row)
-            print("[train] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-            self._write()
+        if self.rank == 0 and (state.step % self.log_interval == 0 or state.step == state.max_steps):
+            self._append("train", state, metrics)
 
     def on_eval(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        if state.rank == 0:
-            row = {"step": state.step, **{k: _round(v) for k, v in metrics.items()}}
-            self.rows.append(row)
-            print("[eval] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-            self._write()
+        if self.rank == 0:
+            self._append("eval", state, metrics)
+            self.sync()
+
+    def on_checkpoint(self, state: TrainState, url: str) -> None:
+        self.sync()
+
+    def on_end(self, state: TrainState) -> None:
+        if self.rank == 0:
+            self._file.close()
+            self.sync()
 
 
 def _round(v: Any) -> Any:
@@ -78,9 +118,11 @@ def _round(v: Any) -> Any:
 
 
 class Checkpointing(Callback):
-    def __init__(self, save, interval: int) -> None:
-        self.save, self.interval = save, interval
+    """Saves every ``interval`` steps and at the end, then tells the others (``on_checkpoint``)."""
+
+    def __init__(self, save: Callable[[int], str], interval: int, notify: Callable[[TrainState, str], None]) -> None:
+        self.save, self.interval, self.notify = save, interval, notify
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
         if state.step % self.interval == 0 or state.step == state.max_steps:
-            self.save(state.step)
+            self.notify(state, self.save(state.step))

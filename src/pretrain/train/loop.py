@@ -124,13 +124,16 @@ def train(recipe: Recipe) -> dict:
     state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, flops_per_token=fpt,
                        tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * recipe.model.seq_len * d.world,
                        peak_flops=peak_flops(d.device, cfg.precision))
-    log = MetricsLog(recipe.url("train", "metrics.jsonl"), cfg.log_interval, start)
-    callbacks: list[Callback] = [
-        Throughput(), log,
-        Checkpointing(lambda step: ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step *
-                                                                                  state.tokens_per_step}),
-                      cfg.checkpoint_interval),
-    ]
+    log = MetricsLog(recipe.url("train", "metrics.jsonl"), cfg.log_interval, start, d.rank)
+    def save(step: int) -> str:
+        return ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step * state.tokens_per_step})
+
+    def checkpointed(state: TrainState, url: str) -> None:
+        for cb in callbacks:
+            cb.on_checkpoint(state, url)
+
+    callbacks: list[Callback] = [Throughput(), log]
+    callbacks.append(Checkpointing(save, cfg.checkpoint_interval, checkpointed))
 
     def run_eval() -> None:
         loss = evaluate_loss(model, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast)
