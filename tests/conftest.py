@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -22,15 +27,28 @@ def _no_ambient_aws(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3 HTTP server process thread (moto) on 127.0.0.1; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
+def s3_server(tmp_path_factory):
+    """A real S3 server (moto) in its own process on 127.0.0.1; yields its endpoint URL."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except urllib.error.HTTPError:
+            break  # it answers HTTP: up
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto S3 server did not start (see {log.name})") from None
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
 
 
 @pytest.fixture

@@ -97,6 +97,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pretrain.pipelines.pretrain_dag import compile_pipeline
 
     recipe = load_recipe(*_split_recipe(args))
+    if not storage.is_remote(recipe.root):
+        print(f"pretrain: note: run_root {recipe.root} is a local path; on a cluster the steps share no disk, "
+              "so pass run_root=s3://bucket/runs/NAME (or set it in the KFP UI)", file=sys.stderr)
     compile_pipeline(recipe.to_json(), recipe.pipeline.parallelism, args.output)
     print(f"wrote {args.output} (recipe {recipe.name!r} as the default of parameter 'recipe')")
     return 0

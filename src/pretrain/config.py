@@ -182,7 +182,7 @@ class Recipe(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
 
-def _error_key(loc: tuple[Any, ...], data: Any) -> str:
+def _error_key(loc: tuple[Any, ...]) -> str:
     parts = []
     for item in loc:
         if isinstance(item, int) and parts:
@@ -196,7 +196,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
-        key = _error_key(loc, None)
+        key = _error_key(loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -57,7 +57,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["", "## Steps", "", table(report["steps"])]
     parts += ["", "## Samples", ""]
     for s in report["samples"]:
-        parts += [f"**{html.escape(s['prompt'])}**", "", "```", s["prompt"] + s["completion"], "```", ""]
+        parts += [f"**{html.escape(s['prompt'].strip())}**", "", "```", s["prompt"] + s["completion"], "```", ""]
     return "\n".join(parts)
 
 

@@ -156,3 +156,31 @@ def test_data_steps_on_s3(tmp_path, sources, s3):
     tokens = tokenize(recipe, deduped)
     assert tokens.shards[0].url.startswith(s3)
     assert storage.exists(recipe.url("tokens", "_MANIFEST.json"))
+
+
+def test_more_partitions_than_files_gives_empty_shards_that_flow_through(tmp_path, sources):
+    code, web = sources
+    recipe = recipe_for(tmp_path, code, web)
+    recipe = recipe.model_copy(update={"sources": [recipe.sources[0].model_copy(update={"partitions": 12}),
+                                                   recipe.sources[1]]})
+    parts = plan(recipe).extra["partitions"]
+    ingested = [ingest(recipe, p) for p in parts]
+    assert sum(m.stats["documents"] == 0 for m in ingested) >= 6  # 6 code files over 12 partitions
+    deduped = dedup(recipe, [filter_shard(recipe, m) for m in ingested])
+    tokens = tokenize(recipe, deduped)
+    assert tokens.stats["train_documents"] + tokens.stats["val_documents"] == deduped.stats["documents_out"]
+
+
+def test_tokenize_with_a_given_tokenizer(tmp_path, sources):
+    recipe = recipe_for(tmp_path, *sources)
+    parts = plan(recipe).extra["partitions"]
+    deduped = dedup(recipe, [filter_shard(recipe, ingest(recipe, p)) for p in parts])
+    trained = tokenize(recipe, deduped)
+    other = recipe_for(tmp_path, *sources, root=str(tmp_path / "run2"))
+    other = other.model_copy(update={"tokenizer": other.tokenizer.model_copy(
+        update={"path": trained.extra["tokenizer"], "vocab_size": 5000})})
+    parts = plan(other).extra["partitions"]
+    loaded = tokenize(other, dedup(other, [filter_shard(other, ingest(other, p)) for p in parts]))
+    assert loaded.extra["tokenizer_hash"] == trained.extra["tokenizer_hash"]
+    assert loaded.extra["vocab_size"] == trained.extra["vocab_size"] == 300  # the file's, not the config's
+    assert loaded.stats["train_tokens"] == trained.stats["train_tokens"]

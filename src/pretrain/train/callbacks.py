@@ -35,23 +35,30 @@ class Callback:
 
 
 class Throughput(Callback):
-    """Adds tokens/s and MFU (model FLOPs utilization, when the peak is known) to step metrics."""
+    """Adds tokens/s and MFU (model FLOPs utilization, when the peak is known) to logged steps.
+
+    Measured over all steps since the last logged one: the loop syncs with the device only when it
+    logs, so shorter spans would time the queueing of GPU work, not the work.
+    """
 
     def __init__(self) -> None:
-        self._last = time.perf_counter()
+        self._restart()
 
     def _restart(self, *_: Any) -> None:
-        self._last = time.perf_counter()  # evals and checkpoints are not training time
+        self._since, self._steps = time.perf_counter(), 0  # evals and checkpoints are not training time
 
     on_eval = on_checkpoint = _restart
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        elapsed, self._last = now - self._last, now
-        tps = state.tokens_per_step / max(elapsed, 1e-9)
+        self._steps += 1
+        if not metrics:
+            return
+        elapsed = time.perf_counter() - self._since
+        tps = state.tokens_per_step * self._steps / max(elapsed, 1e-9)
         metrics["tokens_per_second"] = tps
         if state.peak_flops:
             metrics["mfu"] = tps * state.flops_per_token / state.peak_flops
+        self._restart()
 
 
 class MetricsLog(Callback):
@@ -62,9 +69,8 @@ class MetricsLog(Callback):
     On resume, lines past the resumed step are dropped; a torn last line is ignored.
     """
 
-    def __init__(self, url: str, log_interval: int, resume_step: int, rank: int = 0) -> None:
+    def __init__(self, url: str, resume_step: int, rank: int = 0) -> None:
         self.url = url
-        self.log_interval = log_interval
         self.rank = rank
         self.rows: list[dict[str, Any]] = []
         if rank != 0:
@@ -96,7 +102,7 @@ class MetricsLog(Callback):
             storage.write_text(self.url, Path(self.local).read_text())
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        if self.rank == 0 and (state.step % self.log_interval == 0 or state.step == state.max_steps):
+        if self.rank == 0 and metrics:  # the loop fills metrics on logging steps only
             self._append("train", state, metrics)
 
     def on_eval(self, state: TrainState, metrics: dict[str, Any]) -> None:

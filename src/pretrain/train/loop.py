@@ -71,25 +71,31 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_mean(value: torch.Tensor, device: torch.device) -> float:
+    t = value.detach().to(device=device, dtype=torch.float64).reshape(1)
     if dist.is_initialized():
         dist.all_reduce(t)
         t /= dist.get_world_size()
-    return t.tolist()
+    return t.item()
 
 
 @torch.no_grad()
 def evaluate_loss(model, data: TokenDataset, batch: int, max_batches: int, d: Dist, autocast) -> float:
-    """Mean loss over the same fixed validation windows every time, split across ranks."""
+    """Mean loss over the same fixed validation windows every time, split across ranks.
+
+    Every rank runs the same number of forward passes (a rank short of batches repeats one and
+    discards it), as FSDP's collectives require.
+    """
     model.eval()
+    batches = list(data.sequential(batch, max_batches))
     total, count = 0.0, 0
-    for i, windows in enumerate(data.sequential(batch, max_batches)):
-        if i % d.world != d.rank:
-            continue
+    for j in range(-(-len(batches) // d.world)):
+        i = j * d.world + d.rank
+        windows = torch.from_numpy(batches[i if i < len(batches) else 0]).to(d.device)
         with autocast():
-            loss = causal_lm_loss(model, torch.from_numpy(windows).to(d.device))
-        total, count = total + loss.item() * len(windows), count + len(windows)
+            loss = causal_lm_loss(model, windows)
+        if i < len(batches):
+            total, count = total + loss.item() * len(windows), count + len(windows)
     model.train()
     t = torch.tensor([total, count], dtype=torch.float64, device=d.device)
     if dist.is_initialized():
@@ -124,7 +130,8 @@ def train(recipe: Recipe) -> dict:
     state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, flops_per_token=fpt,
                        tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * recipe.model.seq_len * d.world,
                        peak_flops=peak_flops(d.device, cfg.precision))
-    log = MetricsLog(recipe.url("train", "metrics.jsonl"), cfg.log_interval, start, d.rank)
+    log = MetricsLog(recipe.url("train", "metrics.jsonl"), start, d.rank)
+
     def save(step: int) -> str:
         return ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step * state.tokens_per_step})
 
@@ -147,7 +154,7 @@ def train(recipe: Recipe) -> dict:
     for step in range(start + 1, cfg.max_steps + 1):
         state.step = step
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=d.device)
         for micro in range(cfg.grad_accum_steps):
             windows = torch.from_numpy(train_data.sample(recipe.seed, (step - 1) * cfg.grad_accum_steps + micro,
                                                          d.rank, cfg.micro_batch_size)).to(d.device)
@@ -157,12 +164,14 @@ def train(recipe: Recipe) -> dict:
                 with autocast():
                     loss = causal_lm_loss(model, windows) / cfg.grad_accum_steps
                 loss.backward()
-            total += loss.item()
+            total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         scheduler.step()
-        loss_mean, = all_reduce_mean([total], d.device)
-        metrics = {"loss": loss_mean, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        metrics: dict[str, float] = {}
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:  # the only host sync of a training step
+            metrics = {"loss": all_reduce_mean(total, d.device), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm)}
         for cb in callbacks:
             cb.on_step(state, metrics)
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
