@@ -45,3 +45,29 @@ def test_torchrun_commands_single_and_multi_node():
     two = torchrun_commands(LocalJob("cfg.yaml", nnodes=2, nproc_per_node=1), port=29999, run_id="r1")
     assert [c[c.index("--nnodes=2") + 1] for c in two] == ["--node-rank=0", "--node-rank=1"]
     assert all("--rdzv-endpoint=127.0.0.1:29999" in c and "--rdzv-id=r1" in c for c in two)
+
+
+def test_checkpoints_of_another_config_are_neither_resumed_nor_pruned(tmp_path):
+    import torch
+
+    from pretrain.config import ModelConfig
+    from pretrain.model.build import build_model
+    from pretrain.train.checkpoint import CheckpointManager
+    from pretrain.train.loop import lr_lambda
+
+    def parts():
+        model = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seq_len=8),
+                            vocab_size=32, eos_id=0)
+        opt = torch.optim.AdamW(model.parameters())
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1, 10, 0.1))
+
+    root = str(tmp_path / "ckpt")
+    old, new = CheckpointManager(root, keep=2, fingerprint="old"), CheckpointManager(root, keep=2, fingerprint="new")
+    for step in (1, 2, 3):
+        old.save(step, *parts())
+    new.save(1, *parts())
+    assert old.steps() == [2, 3] and new.steps() == [1]
+    assert new.restore(*parts()) == 1     # not the old config's newer step 3
+    new.save(2, *parts())                 # replaces the old config's step 2
+    assert new.steps() == [1, 2] and old.steps() == [3]
+    assert committed_steps(root) == [1, 2, 3]

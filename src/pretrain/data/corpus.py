@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
+import os
 import pydoc
 import re
+import subprocess
 import sys
 import sysconfig
 import uuid
@@ -36,7 +39,7 @@ PYDOC_MODULES = (
     "poplib", "pprint", "profile", "pstats", "py_compile", "pyclbr", "queue", "quopri", "random", "re",
     "reprlib", "runpy", "sched", "secrets", "select", "selectors", "shelve", "shlex", "shutil", "signal",
     "site", "smtplib", "socket", "socketserver", "sqlite3", "ssl", "stat", "statistics", "string",
-    "stringprep", "struct", "subprocess", "symtable", "sys", "sysconfig", "tabnanny", "tarfile",
+    "stringprep", "struct", "subprocess", "symtable", "sysconfig", "tabnanny", "tarfile",
     "tempfile", "textwrap", "threading", "time", "timeit", "token", "tokenize", "tomllib", "trace",
     "traceback", "tracemalloc", "types", "typing", "unicodedata", "unittest", "unittest.mock",
     "urllib", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref", "xml",
@@ -44,7 +47,10 @@ PYDOC_MODULES = (
     "zipimport", "zlib", "zoneinfo",
 )
 WARC_DATE = "2024-01-01T00:00:00Z"
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_ADDRESS = re.compile(r"\bat(\s|&nbsp;)0x[0-9a-fA-F]+")
+# The renderer's whole environment: module data such as os.environ is part of the pages, so it must
+# hold nothing of this machine's (no credentials) and be the same everywhere.
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent", "TZ": "UTC", "PYTHONHASHSEED": "0"}
 
 
 def stdlib_dir() -> str:
@@ -55,8 +61,20 @@ def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _scrub(page: str) -> str:
+    """Replace what differs between machines and runs: install paths, object addresses."""
+    generic = "/usr/bin/python3"
+    for path, replacement in ((stdlib_dir(), f"/usr/lib/python{python_version()}"), (sys.executable, generic),
+                              (sys.prefix, "/usr"), (sys.base_prefix, "/usr"), (sys.exec_prefix, "/usr")):
+        page = page.replace(path, replacement)
+    return _ADDRESS.sub(lambda m: f"at{m.group(1)}0x0", page)
+
+
 def render_pydoc_page(module_name: str) -> bytes | None:
-    """One module's pydoc HTML page, scrubbed of machine-specific text; None if it cannot import."""
+    """One module's pydoc HTML page, scrubbed of machine-specific text; None if it cannot import.
+
+    Call it in a process started by ``render_pages`` (clean environment): pages show module data.
+    """
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -64,9 +82,21 @@ def render_pydoc_page(module_name: str) -> bytes | None:
             page = pydoc.html.page(pydoc.describe(module), pydoc.html.document(module, module_name))
         except Exception:
             return None
-    page = page.replace(stdlib_dir(), f"/usr/lib/python{python_version()}")
-    page = page.replace(sys.prefix, "/usr")
-    return _ADDRESS.sub(" at 0x0", page).encode("utf-8")
+    return _scrub(page).encode("utf-8")
+
+
+def render_pages(modules: list[str]) -> dict[str, bytes | None]:
+    """Render pages in a fresh interpreter with a fixed, empty environment (see ``CLEAN_ENV``)."""
+    env = dict(CLEAN_ENV)
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep))
+    code = "import sys; from pretrain.data.corpus import render_main; render_main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, *modules], env=env, cwd="/",
+                          capture_output=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rendering pydoc pages failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    pages = json.loads(proc.stdout)
+    return {name: None if html is None else html.encode("utf-8") for name, html in pages.items()}
 
 
 def page_url(module_name: str) -> str:
@@ -79,13 +109,14 @@ def write_pydoc_warcs(out_dir: str, pages: int, parts: int) -> list[str]:
     from warcio.warcwriter import WARCWriter
 
     modules = list(PYDOC_MODULES[:pages])
+    rendered = render_pages(modules)
     urls = []
     for part in range(parts):
         url = storage.join(out_dir, f"pydoc-{part:05d}.warc.gz")
         with storage.atomic_path(url) as tmp, open(tmp, "wb") as f:
             writer = WARCWriter(f, gzip=True)
             for name in modules[part::parts]:
-                body = render_pydoc_page(name)
+                body = rendered[name]
                 if body is None:
                     continue
                 target = page_url(name)
@@ -104,3 +135,12 @@ def write_pydoc_warcs(out_dir: str, pages: int, parts: int) -> list[str]:
                 writer.write_record(record)
         urls.append(url)
     return urls
+
+
+def render_main(modules: list[str]) -> None:
+    """The clean renderer process of ``render_pages``: JSON of {module: page or null} on stdout."""
+    out = {}
+    for name in modules:
+        page = render_pydoc_page(name)
+        out[name] = None if page is None else page.decode("utf-8")
+    sys.stdout.write(json.dumps(out))

@@ -72,8 +72,13 @@ class CheckpointManager:
     def url(self, step: int) -> str:
         return storage.join(self.root, step_name(step))
 
+    def steps(self) -> list[int]:
+        """Committed steps made by this config: another model or data config's cannot be resumed."""
+        return [s for s in committed_steps(self.root)
+                if not self.fingerprint or self.extra(s).get("fingerprint") == self.fingerprint]
+
     def latest(self) -> int | None:
-        steps = committed_steps(self.root)
+        steps = self.steps()
         return steps[-1] if steps else None
 
     def save(self, step: int, model, optimizer, scheduler, extra: dict[str, Any] | None = None) -> str:
@@ -97,8 +102,8 @@ class CheckpointManager:
         return url
 
     def _prune(self, latest: int) -> None:
-        committed = committed_steps(self.root)
-        for step in committed[: max(0, len(committed) - self.keep)]:
+        mine, committed = self.steps(), committed_steps(self.root)
+        for step in mine[: max(0, len(mine) - self.keep)]:
             storage.remove(self.url(step))
         for name in storage.listdir(self.root):
             match = STEP_DIR.match(name)
@@ -114,10 +119,6 @@ class CheckpointManager:
         if step is None:
             return 0
         meta = self.extra(step)
-        if self.fingerprint and meta.get("fingerprint") != self.fingerprint:
-            if _rank() == 0:
-                print(f"[checkpoint] ignoring {self.url(step)}: made by another model/data config", flush=True)
-            return 0
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, storage_reader=_reader(self.url(step)))
@@ -129,6 +130,13 @@ class CheckpointManager:
         if _rank() == 0:
             print(f"[checkpoint] resumed from {self.url(step)}", flush=True)
         return int(meta["step"])
+
+
+def checkpoint_fingerprint(model_config: dict[str, Any], seed: int, tokens_fingerprint: str) -> str:
+    """What a checkpoint must match to be resumed: the model, the seed and the token data."""
+    from pretrain.config import fingerprint
+
+    return fingerprint(model_config, seed, tokens_fingerprint)
 
 
 def load_model_weights(url: str, model) -> None:

@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pretrain.config import Recipe, fingerprint
+from pretrain.config import Recipe
 from pretrain.manifest import Manifest
 from pretrain.model.build import build_model, flops_per_token
 from pretrain.model.parallel import parallelize, unwrap
 from pretrain.tokens import TokenDataset, split_urls
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
-from pretrain.train.checkpoint import CheckpointManager
+from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -120,7 +120,7 @@ def train(recipe: Recipe) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.max_steps,
                                                                        cfg.min_lr_ratio))
     ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
-                             fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
+                             checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
     start = ckpt.restore(model, optimizer, scheduler)
     use_bf16 = cfg.precision == "bf16"
 

@@ -8,7 +8,7 @@ from pretrain import storage
 from pretrain.config import Recipe, fingerprint
 from pretrain.launch.local import LocalJob, run
 from pretrain.manifest import Manifest, Shard, reuse
-from pretrain.train.checkpoint import committed_steps, step_name
+from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint, step_name
 
 
 def write_recipe(recipe: Recipe) -> str:
@@ -28,7 +28,9 @@ def train_step(recipe: Recipe, tokens: Manifest) -> Manifest:
         run(LocalJob(config_url, recipe.train.nnodes, recipe.train.nproc_per_node, recipe.train.threads_per_process))
     summary = storage.read_json(storage.join(root, "summary.json"))
     ckpt_root = recipe.url("checkpoints")
-    steps = committed_steps(ckpt_root)
+    ckpt = CheckpointManager(ckpt_root, recipe.train.keep_checkpoints,
+                             checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
+    steps = ckpt.steps()
     if not steps or steps[-1] != recipe.train.max_steps:
         raise RuntimeError(f"training ended without a committed checkpoint at step {recipe.train.max_steps}")
     history = summary["history"]
