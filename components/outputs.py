@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def read_manifest(artifact):
     from pretrain.manifest import Manifest
@@ -23,7 +21,3 @@ def write_outputs(result, manifest, summary, metrics) -> None:
         f.write(manifest_markdown(result))
     for key, value in flat_metrics(result).items():
         metrics.log_metric(key, value)
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -103,7 +103,7 @@ class TokenDataset:
         return out
 
     def sequential(self, batch: int, max_batches: int | None = None):
-        """Non-overlapping windows in order, for evaluation; yields (windows, target_bytes_estimate)."""
+        """Non-overlapping windows in order, in batches: the same every time, for evaluation."""
         rows: list[np.ndarray] = []
         made = 0
         for shard, size in enumerate(self.sizes):

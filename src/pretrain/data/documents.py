@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +66,7 @@ class ShardWriter:
     def close(self) -> Shard:
         self._flush()
         self._writer.close()
-        size = _file_size(self._tmp)
+        size = os.path.getsize(self._tmp)
         checksum = _sha256_file(self._tmp)
         self._stack.close()  # commit: rename or upload
         return Shard(url=self.url, rows=self.rows, bytes=size, checksum=checksum)
@@ -80,12 +81,6 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def _file_size(path: str) -> int:
-    import os
-
-    return os.path.getsize(path)
 
 
 def _sha256_file(path: str) -> str:

@@ -8,6 +8,7 @@ A folder without the marker is never loaded and is cleaned up by the next save.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -36,6 +37,14 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns when no process group exists; one process (export, a plain run) is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process.*")
+        yield
 
 
 def committed_steps(root: str) -> list[int]:
@@ -87,7 +96,8 @@ class CheckpointManager:
             storage.remove(url)  # a half-written folder from an interrupted save
         _barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(url))
+        with _single_process_ok():
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(url))
         buf = io.BytesIO()
         torch.save({"torch": torch.get_rng_state()}, buf)
         storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
@@ -121,7 +131,8 @@ class CheckpointManager:
         meta = self.extra(step)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, storage_reader=_reader(self.url(step)))
+        with _single_process_ok():
+            dcp.load(state, storage_reader=_reader(self.url(step)))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         scheduler.load_state_dict(meta["scheduler"])
         rng_url = storage.join(self.url(step), f"rng-rank{_rank()}.pt")
@@ -144,7 +155,6 @@ def load_model_weights(url: str, model) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+    with _single_process_ok():
         dcp.load(state, storage_reader=_reader(url))
     set_model_state_dict(model, state["model"])
