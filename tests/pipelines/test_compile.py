@@ -45,6 +45,22 @@ def test_compiled_dag(tmp_path):
     assert "pip install" not in " ".join(train_exec["command"])
 
 
+def test_compiled_yaml_parses_as_the_kfp_protos(tmp_path):
+    """What a KFP server does on upload: parse the spec (and the Kubernetes platform spec) strictly."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec, platform = compile_yaml(tmp_path, "quickstart")
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # raises on any unknown or mistyped field
+    parsed = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    executors = parsed.platforms["kubernetes"].deployment_spec.executors
+    for name in spec["deploymentSpec"]["executors"]:
+        config = kubernetes_executor_config_pb2.KubernetesExecutorConfig()
+        json_format.ParseDict(json_format.MessageToDict(executors[name]), config)
+        assert config.secret_as_env[0].secret_name == "pretrain-s3"
+
+
 def test_compile_rejects_a_bad_recipe(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pretrain.cli", "compile", "tiny", "train.bogus=1", "-o",
                            str(tmp_path / "p.yaml")], capture_output=True, text=True, timeout=120)
