@@ -83,8 +83,9 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
                 why = reasons(batch, cfg, rules)
                 total += batch.num_rows
                 mask = pa.array([r is None for r in why])
-                kept.write_table(pa.Table.from_batches([batch]).filter(mask))
-                drop = pa.Table.from_batches([batch]).append_column("reason", pa.array(why, pa.string()))
+                table = pa.Table.from_batches([batch])
+                kept.write_table(table.filter(mask))
+                drop = table.append_column("reason", pa.array(why, pa.string()))
                 dropped.write_table(drop.filter(pc.invert(mask)))
                 counts.update(r for r in why if r is not None)
         kept_shard, dropped_shard = kept.close(), dropped.close()

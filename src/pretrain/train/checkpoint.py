@@ -81,10 +81,10 @@ class CheckpointManager:
     def url(self, step: int) -> str:
         return storage.join(self.root, step_name(step))
 
-    def steps(self) -> list[int]:
+    def steps(self, committed: list[int] | None = None) -> list[int]:
         """Committed steps made by this config: another model or data config's cannot be resumed."""
-        return [s for s in committed_steps(self.root)
-                if not self.fingerprint or self.extra(s).get("fingerprint") == self.fingerprint]
+        committed = committed_steps(self.root) if committed is None else committed
+        return [s for s in committed if not self.fingerprint or self.extra(s).get("fingerprint") == self.fingerprint]
 
     def latest(self) -> int | None:
         steps = self.steps()
@@ -112,7 +112,8 @@ class CheckpointManager:
         return url
 
     def _prune(self, latest: int) -> None:
-        mine, committed = self.steps(), committed_steps(self.root)
+        committed = committed_steps(self.root)
+        mine = self.steps(committed)
         for step in mine[: max(0, len(mine) - self.keep)]:
             storage.remove(self.url(step))
         for name in storage.listdir(self.root):
