@@ -13,6 +13,7 @@ import time
 
 from pretrain import storage
 from pretrain.config import Recipe, RecipeError, bundled_recipes, load_recipe, preflight
+from pretrain.data.readers.base import InputError
 
 EXAMPLES = """examples:
   pretrain run                                 the quickstart, whole DAG, on this machine
@@ -77,19 +78,32 @@ def summary(recipe: Recipe) -> dict:
     }
 
 
-def _print_summary(result: dict, elapsed: float) -> None:
+def _print_summary(result: dict, elapsed: float, recipe: Recipe | None = None) -> None:
     print(f"\n== pretrain: finished in {elapsed:.0f} s ==")
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if isinstance(value, float) else value
         print(f"  {key:<{width}}  {shown}")
+    if recipe is not None:
+        _print_ledger(recipe)
+
+
+def _print_ledger(recipe: Recipe, file=None) -> None:
+    from pretrain.data import ledger
+    from pretrain.evaluate.step import data_ledger
+
+    found = data_ledger(recipe)
+    if found:
+        print("  documents:", file=file)
+        for line in ledger.lines(found):
+            print(f"    {line}", file=file)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(*_split_recipe(args))
     print(f"pretrain: running recipe {recipe.name!r}, run root {recipe.root}", flush=True)
     start = time.time()
-    _print_summary(run_pipeline(recipe), time.time() - start)
+    _print_summary(run_pipeline(recipe), time.time() - start, recipe)
     return 0
 
 
@@ -139,6 +153,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     recipe = load_recipe(*_split_recipe(args))
     preflight(recipe)
     result = getattr(steps, args.step)(recipe)
+    _print_ledger(recipe, file=sys.stderr)
     print(result.to_json())
     return 0
 
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, storage.StorageError) as err:
+    except (RecipeError, storage.StorageError, InputError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -35,19 +35,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SOURCE_FORMATS = ("warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf")
+
+
 class SourceConfig(_Strict):
-    """One raw input. ``uri`` is a local path, an ``s3://`` URL or ``builtin:stdlib|pydoc``."""
+    """One raw input. ``uri`` is a local path, an ``s3://`` URL or ``builtin:stdlib|pydoc``.
+
+    Files may be compressed (gzip, bz2, zstd, xz; told by the suffix). Large files are split into
+    partitions of about ``partition_bytes`` at record boundaries where the format allows it.
+    """
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-    format: Literal["warc", "code"]
+    format: Literal["warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf"]
     uri: str
     include: list[str] = Field(default_factory=lambda: ["**/*"])
     exclude: list[str] = Field(default_factory=list)
-    partitions: Annotated[int, Field(ge=1, le=4096)] = 1
+    partitions: Annotated[int, Field(ge=1, le=4096)] = 1  # code: buckets of each repository's files
+    partition_bytes: Annotated[int, Field(ge=1 << 16)] = 128 << 20  # split larger files into ranges
     max_documents: PositiveInt | None = None
-    max_document_bytes: PositiveInt = 1_000_000
-    license: str = ""
+    max_document_bytes: PositiveInt = 1_000_000  # larger documents are skipped and counted (too_large)
+    license: str = ""  # SPDX id; code: detected from the repository's LICENSE file when empty
     builtin_pages: PositiveInt = 120  # pydoc pages packed into the builtin WARC
+    # warc: HTML -> text
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    main_content: bool = True  # keep the main text only (no menus, footers, sidebars)
+    # code: a git repository's ref (branch, tag or commit) whose tracked files are read
+    ref: str = "HEAD"
+    # jsonl / parquet / hf: which fields hold the text, the id, and what else to keep in `meta`
+    text_field: str = "text"
+    id_field: str | None = None
+    url_field: str | None = None
+    date_field: str | None = None
+    meta_fields: list[str] = Field(default_factory=list)
+    split: str = "train"  # hf: the split of a DatasetDict saved with save_to_disk
 
     @model_validator(mode="after")
     def _builtin_known(self) -> SourceConfig:
@@ -309,7 +329,52 @@ def preflight(recipe: Recipe) -> None:
             raise RecipeError(f"tokenizer.path: no tokenizer.json under {recipe.tokenizer.path}")
 
 
+def code_version() -> str:
+    """The package version, plus the git commit (and a dirty mark) in a development checkout.
+
+    Part of every fingerprint, so outputs written by older code are never silently reused.
+    """
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pretrain")
+        except PackageNotFoundError:
+            found = "0+unknown"
+        _CODE_VERSION = found + _git_describe()
+    return _CODE_VERSION
+
+
+_CODE_VERSION: str | None = None
+
+
+def _git_describe() -> str:
+    """``+g<commit>[.dirty]`` when this package runs from a git checkout of its source, else empty."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if not top or not (Path(top) / "src" / "pretrain" / "config.py").exists():
+            return ""
+        commit = subprocess.run(["git", "-C", top, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", top, "diff", "HEAD", "--", "src", "components", "pipelines"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if not dirty:
+        return f"+g{commit}"
+    digest = hashlib.sha256(dirty.encode()).hexdigest()[:8]
+    return f"+g{commit}.dirty{digest}"
+
+
 def fingerprint(*parts: Any) -> str:
-    """A stable short hash of config sections and upstream fingerprints: the identity of a step's output."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    """A stable short hash of config sections and upstream fingerprints: the identity of a step's output.
+
+    The code version is always part of it (see ``code_version``).
+    """
+    blob = json.dumps([code_version(), *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

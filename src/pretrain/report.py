@@ -25,9 +25,18 @@ def table(rows: dict[str, Any]) -> str:
 
 def manifest_markdown(manifest) -> str:
     """A step's summary for the KFP UI: what it made, where, and its stats."""
+    from pretrain.data import ledger
+
     flat = {k: v for k, v in manifest.stats.items() if not isinstance(v, (list,))}
-    return (f"### {manifest.kind}\n\nroot: `{manifest.root}`  \nshards: {len(manifest.shards)}  \n"
+    text = (f"### {manifest.kind}\n\nroot: `{manifest.root}`  \nshards: {len(manifest.shards)}  \n"
             f"fingerprint: `{manifest.fingerprint}`\n\n{table(flat)}\n")
+    if "ledger" in manifest.extra:
+        text += "\n" + ledger.markdown(manifest.extra["ledger"])
+    elif manifest.kind == "documents" and "records" in manifest.stats:
+        s = manifest.stats
+        text += (f"\nread {s['records']:,} = written {s['documents']:,} + skipped "
+                 f"{sum(s.get('skipped', {}).values()):,}\n")
+    return text
 
 
 def flat_metrics(manifest) -> dict[str, float]:
@@ -55,6 +64,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     })]
     if report.get("steps"):
         parts += ["", "## Steps", "", table(report["steps"])]
+    if report.get("ledger"):
+        from pretrain.data import ledger
+
+        parts += ["", ledger.markdown(report["ledger"])]
     parts += ["", "## Samples", ""]
     for s in report["samples"]:
         parts += [f"**{html.escape(s['prompt'].strip())}**", "", "```", s["prompt"] + s["completion"], "```", ""]

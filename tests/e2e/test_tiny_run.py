@@ -23,14 +23,50 @@ def pretrain(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None)
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def write_mixed_recipe(cwd: Path) -> Path:
+    """The tiny recipe plus a Wikipedia dump, a JSONL file and a WET file: every family of readers in one DAG."""
+    import yaml
+
+    from pretrain.config import builtin_recipe_path
+    from pretrain.data.samples import tables, web, wikipedia
+
+    inputs = cwd / "inputs"
+    wikipedia.write_wikipedia_dump(inputs / "wiki" / "dump.xml.bz2", pages=40)
+    tables.write_jsonl(inputs / "jsonl" / "docs.jsonl", 80)
+    web.write_wet(inputs / "wet" / "crawl.warc.wet.gz", 40)
+    recipe = yaml.safe_load(builtin_recipe_path("tiny").read_text())
+    recipe["sources"] += [
+        {"name": "wiki", "format": "wikipedia", "uri": str(inputs / "wiki"), "license": "CC-BY-SA-4.0"},
+        {"name": "jsonl", "format": "jsonl", "uri": str(inputs / "jsonl"), "id_field": "id"},
+        {"name": "wet", "format": "wet", "uri": str(inputs / "wet")},
+    ]
+    path = cwd / "mixed.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("e2e")
+    recipe = write_mixed_recipe(cwd)
     start = time.monotonic()
-    proc = pretrain("run", "tiny", cwd=cwd)
+    proc = pretrain("run", str(recipe), cwd=cwd)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return cwd / "runs" / "tiny", proc, elapsed
+
+
+def test_every_source_format_family_reaches_the_tokens_and_the_ledger_adds_up(tiny_run):
+    root, proc, _ = tiny_run
+    ledger = Manifest.load(str(root / "dedup")).extra["ledger"]
+    assert set(ledger["sources"]) == {"stdlib-code", "pydoc-web", "wiki", "jsonl", "wet"}
+    assert ledger["total"]["balanced"]
+    for name, row in ledger["sources"].items():
+        assert row["deduplicated"] > 0, name
+        assert row["read"] == row["written"] + sum(row["skipped"].values())
+    assert ledger["sources"]["wiki"]["skipped"].get("redirect", 0) > 0
+    assert "wiki: read " in proc.stdout and "= written" in proc.stdout  # the ledger in the run summary
+    assert "adds up" in (root / "evaluate" / "report.md").read_text()
 
 
 def test_whole_dag_runs_in_under_three_minutes(tiny_run):
@@ -90,7 +126,7 @@ def test_rerun_reuses_finished_work(tiny_run):
     root, _, _ = tiny_run
     weights = root / "model" / "model.safetensors"
     before = (weights.stat().st_mtime_ns, Manifest.load(str(root / "tokens")).to_json())
-    proc = pretrain("run", "tiny", cwd=root.parent.parent)
+    proc = pretrain("run", str(root.parent.parent / "mixed.yaml"), cwd=root.parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[train]" not in proc.stdout + proc.stderr  # training was not launched again
     assert (weights.stat().st_mtime_ns, Manifest.load(str(root / "tokens")).to_json()) == before

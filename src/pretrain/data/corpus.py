@@ -104,10 +104,23 @@ def page_url(module_name: str) -> str:
 
 
 def write_pydoc_warcs(out_dir: str, pages: int, parts: int) -> list[str]:
-    """Render up to ``pages`` module pages into ``parts`` gzipped WARC files; return their URLs."""
+    """Render up to ``pages`` module pages into ``parts`` gzipped WARC files; return their URLs.
+
+    Built once: a ``.built.json`` marker (hidden from listings), written last, names what the folder holds.
+    """
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
+    from pretrain.config import code_version
+
+    marker = storage.join(out_dir, ".built.json")
+    wanted = {"pages": pages, "parts": parts, "python": python_version(), "code": code_version()}
+    try:
+        built = storage.read_json(marker)
+    except (FileNotFoundError, ValueError):
+        built = None
+    if built and built.get("spec") == wanted:
+        return built["files"]
     modules = list(PYDOC_MODULES[:pages])
     rendered = render_pages(modules)
     urls = []
@@ -134,6 +147,7 @@ def write_pydoc_warcs(out_dir: str, pages: int, parts: int) -> list[str]:
                 )
                 writer.write_record(record)
         urls.append(url)
+    storage.write_json(marker, {"spec": wanted, "files": urls})
     return urls
 
 

@@ -13,7 +13,9 @@ import pyarrow as pa
 import xxhash
 
 from pretrain.config import Recipe, fingerprint
+from pretrain.data import ledger
 from pretrain.data.documents import ShardWriter, iter_batches
+from pretrain.data.readers.base import Partition
 from pretrain.manifest import Manifest, Shard, merge_stats, reuse
 
 _SPACE = re.compile(r"\s+")
@@ -25,8 +27,8 @@ def text_key(text: str) -> bytes:
 
 def dedup(recipe: Recipe, filtered: list[Manifest]) -> Manifest:
     root = recipe.url("dedup")
-    ordered = sorted(filtered, key=lambda m: (m.extra.get("partition", {}).get("source", ""),
-                                              int(m.extra.get("partition", {}).get("index", 0))))
+    ordered = sorted(filtered, key=lambda m: (m.extra["partition"]["source"],
+                                              Partition.from_dict(m.extra["partition"]).key))
     fp = fingerprint(recipe.dedup.model_dump(), [m.fingerprint for m in ordered])
     if (done := reuse(root, fp)) is not None:
         return done
@@ -34,7 +36,7 @@ def dedup(recipe: Recipe, filtered: list[Manifest]) -> Manifest:
     shards: list[Shard] = []
     per_source: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for n, manifest in enumerate(ordered):
-        source = manifest.extra.get("partition", {}).get("source", "all")
+        source = manifest.extra["partition"]["source"]
         with ShardWriter(f"{root}/part-{n:05d}.parquet") as writer:
             for shard in manifest.shards:
                 for batch in iter_batches(shard.url):
@@ -54,6 +56,8 @@ def dedup(recipe: Recipe, filtered: list[Manifest]) -> Manifest:
     stats["documents_out"] = sum(s.rows for s in shards)
     stats["by_source"] = {k: dict(v) for k, v in per_source.items()}
     result = Manifest(kind="documents", root=root, fingerprint=fp, shards=shards, stats=stats,
-                      config=recipe.dedup.model_dump(), extra={"filter_stats": merge_stats(m.stats for m in ordered)})
+                      config=recipe.dedup.model_dump(),
+                      extra={"filter_stats": merge_stats(m.stats for m in ordered),
+                             "ledger": ledger.build(ordered, stats["by_source"])})
     result.save()
     return result

@@ -1,6 +1,14 @@
-"""The documents format: Parquet (zstd) with columns id, text, source, url, date, license, meta.
+"""The documents format: Parquet (zstd), one row per document. Loadable as is with
+``datasets.load_dataset("parquet", data_files=...)``.
 
-Loadable as is with ``datasets.load_dataset("parquet", data_files=...)``.
+- ``id``: unique within the run and stable across re-runs; derived from the source name, the
+  ``source_id`` and the text, so exact copies are still distinct documents for dedup to judge.
+- ``text``: UTF-8 text (invalid bytes replaced by U+FFFD, counted in the ingest stats).
+- ``source``: the recipe's source name. ``source_id``: the input's own identifier (WARC-Record-ID,
+  wiki page id, repository path, the JSONL/Parquet id field, else file and line or row number).
+- ``url``: the page URL, or the file's location for code and tables.
+- ``date``: ISO 8601 (WARC-Date, revision timestamp, last commit date, the date field) or empty.
+- ``license``: an SPDX id or empty. ``meta``: a JSON object of format-specific fields.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ SCHEMA = pa.schema([
     ("id", pa.string()),
     ("text", pa.string()),
     ("source", pa.string()),
+    ("source_id", pa.string()),
     ("url", pa.string()),
     ("date", pa.string()),
     ("license", pa.string()),
@@ -28,10 +37,6 @@ SCHEMA = pa.schema([
 ])
 DROPPED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string()))
 BATCH_ROWS = 1024
-
-
-def document_id(source: str, key: str) -> str:
-    return hashlib.sha1(f"{source}\x00{key}".encode()).hexdigest()
 
 
 class ShardWriter:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from pretrain import storage
 from pretrain.config import FilterConfig, Recipe, fingerprint
 from pretrain.data.documents import DROPPED_SCHEMA, SCHEMA, ShardWriter, iter_batches
+from pretrain.data.readers.base import Partition
 from pretrain.manifest import Manifest, reuse
 
 
@@ -67,10 +68,9 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
     """Split each shard of ``documents`` into kept and dropped shards under ``filtered/``."""
     cfg = recipe.filter
     rules = line_rules(cfg)
-    source = documents.extra.get("partition", {}).get("source", "all")
-    index = documents.extra.get("partition", {}).get("index", 0)
-    kept_url = recipe.url("filtered", "kept", source, f"part-{index:05d}.parquet")
-    dropped_url = recipe.url("filtered", "dropped", source, f"part-{index:05d}.parquet")
+    part = Partition.from_dict(documents.extra["partition"])
+    kept_url = recipe.url("filtered", "kept", part.source, f"{part.shard_name}.parquet")
+    dropped_url = recipe.url("filtered", "dropped", part.source, f"{part.shard_name}.parquet")
     manifest_url = kept_url.replace(".parquet", ".manifest.json")
     fp = fingerprint(cfg.model_dump(), documents.fingerprint)
     if (done := reuse(manifest_url, fp)) is not None:
@@ -93,8 +93,8 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
         kind="filtered", root=storage.join(recipe.root, "filtered"), fingerprint=fp, shards=[kept_shard],
         stats={"documents_in": total, "kept": kept_shard.rows, "dropped": dropped_shard.rows,
                "dropped_by_reason": dict(counts)},
-        config=cfg.model_dump(), extra={"dropped": [dataclasses.asdict(dropped_shard)], "partition":
-                                        documents.extra.get("partition", {})},
+        config=cfg.model_dump(), extra={"dropped": [dataclasses.asdict(dropped_shard)],
+                                        "partition": documents.extra["partition"], "ingest_stats": documents.stats},
     )
     result.save(manifest_url)
     return result

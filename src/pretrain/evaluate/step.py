@@ -28,6 +28,14 @@ def pipeline_stats(recipe: Recipe) -> dict[str, object]:
     return out
 
 
+def data_ledger(recipe: Recipe) -> dict | None:
+    """The documents ledger of the data steps (see ``pretrain.data.ledger``), or None before they ran."""
+    try:
+        return Manifest.load(recipe.url("dedup")).extra.get("ledger")
+    except FileNotFoundError:
+        return None
+
+
 def evaluate(
     recipe: Recipe, model_manifest: Manifest, tokens: Manifest, checkpoints: Manifest | None = None
 ) -> Manifest:
@@ -47,7 +55,7 @@ def evaluate(
     report = {"recipe": recipe.name, "metrics": metrics, "samples": samples,
               "train": checkpoints.stats if checkpoints else {},
               "history": checkpoints.extra.get("history", []) if checkpoints else [],
-              "steps": pipeline_stats(recipe)}
+              "steps": pipeline_stats(recipe), "ledger": data_ledger(recipe)}
     markdown, html = render_markdown(report), render_html(report)
     storage.write_text(storage.join(root, "report.md"), markdown)
     storage.write_text(storage.join(root, "report.html"), html)

@@ -1,0 +1,80 @@
+"""HTML payloads -> text: the charset first, then the main-content text.
+
+Charset: valid UTF-8 always decodes as UTF-8 (a page that is valid UTF-8 with non-ASCII text is
+practically never Latin-1, whatever it declares); otherwise the HTTP header's charset, then the
+HTML meta tag, then detection (uchardet via Resiliparse). A page that is UTF-8 but for a few bad
+bytes keeps its text with U+FFFD in their place, never a whole-page re-decode as Latin-1.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+from pretrain.data.readers.base import ReadStats
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "application/xml+xhtml"})
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL)
+MOSTLY_UTF8 = 0.01  # at most this share of replaced characters still counts as "UTF-8 with a few bad bytes"
+
+
+def is_html(content_type: str | None, body: bytes) -> bool:
+    """HTML by its declared type; without one (or a generic one), by sniffing the start of the body."""
+    if content_type in HTML_TYPES:
+        return True
+    if content_type in (None, "", "application/octet-stream", "text/plain"):
+        return bool(_HTML_START.match(body[:1024]))
+    return False
+
+
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().strip("\"'")).name
+    except LookupError:
+        return None
+
+
+def meta_charset(body: bytes) -> str | None:
+    found = _META_CHARSET.search(body[:4096])
+    return _codec(found.group(1).decode("ascii", "replace")) if found else None
+
+
+def decode_html(body: bytes, http_charset: str | None, stats: ReadStats) -> str:
+    """The page's text as str, following the module's charset rules; repairs are counted in ``stats``."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    declared = _codec(http_charset) or meta_charset(body)
+    if declared and declared != "utf-8":
+        try:
+            return body.decode(declared)
+        except UnicodeDecodeError:
+            stats.repair("wrong_charset_declared")
+    replaced = body.decode("utf-8", errors="replace")
+    if replaced.count("\ufffd") <= MOSTLY_UTF8 * max(1, len(replaced)):
+        stats.repair("invalid_utf8")
+        return replaced
+    from resiliparse.parse.encoding import detect_encoding
+
+    detected = _codec(detect_encoding(body)) or "cp1252"
+    stats.repair("charset_detected")
+    return body.decode(detected, errors="replace")
+
+
+def extract_text(html: str, extractor: str = "resiliparse", main_content: bool = True) -> str:
+    """Visible text of a page: the main content only (no menus, footers, sidebars) unless told otherwise."""
+    if extractor == "trafilatura":
+        import trafilatura
+
+        # trafilatura always extracts the main content; its settings mirror datatrove's defaults.
+        text = trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=True) or ""
+    else:
+        from resiliparse.extract.html2text import extract_plain_text
+
+        text = extract_plain_text(html, main_content=main_content, alt_texts=False, links=False,
+                                  list_bullets=True, preserve_formatting=True)
+    return text.replace("\xa0", " ").strip()  # &nbsp; is layout, not text: keep it out of the tokenizer
