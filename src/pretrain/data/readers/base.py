@@ -21,6 +21,9 @@ import json
 import re
 from typing import Any
 
+import orjson
+import xxhash
+
 MAX_ERROR_SAMPLES = 20
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -122,12 +125,24 @@ def whole_files(src, location: str) -> list[Partition]:
 
 
 def document_id(source: str, source_id: str, text: str) -> str:
-    """Stable across re-runs and distinct for distinct records: exact copies stay separate documents."""
-    h = hashlib.sha1()
+    """Stable across re-runs and distinct for distinct records: exact copies stay separate documents.
+
+    xxh3-128 (not a cryptographic hash: ids need uniqueness, and this runs once per document).
+    """
+    h = xxhash.xxh3_128()
     for part in (source, source_id, text):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def _meta_json(meta: dict[str, Any] | None) -> str:
+    if not meta:
+        return "{}"
+    try:
+        return orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # lone surrogates, non-string keys: the slower, more forgiving encoder
+        return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def document(src, *, source_id: str, text: str, url: str = "", date: str = "", license: str | None = None,
@@ -136,7 +151,7 @@ def document(src, *, source_id: str, text: str, url: str = "", date: str = "", l
     return {
         "id": document_id(src.name, source_id, text), "text": text, "source": src.name, "source_id": source_id,
         "url": url, "date": date, "license": src.license if license is None else license,
-        "meta": json.dumps(meta or {}, ensure_ascii=False, sort_keys=True),
+        "meta": _meta_json(meta),
     }
 
 
