@@ -70,12 +70,13 @@ def recipe_for(tmp_path, code, web, root=None):
 def test_ingest_counts_every_skip_and_writes_the_documents_schema(tmp_path, sources):
     recipe = recipe_for(tmp_path, *sources)
     parts = plan(recipe).extra["partitions"]
-    assert [(p["source"], p["index"]) for p in parts] == [("stdlib-code", 0), ("stdlib-code", 1), ("pydoc-web", 0)]
+    assert [(p["source"], p["unit"], p["start"]) for p in parts] == [
+        ("stdlib-code", "bucket", 0), ("stdlib-code", "bucket", 1), ("pydoc-web", "file", 0)]
     code = [ingest(recipe, p) for p in parts[:2]]
-    skipped = {k: sum(m.stats["skipped"].get(k, 0) for m in code) for k in ("invalid_utf8", "too_large")}
-    assert skipped == {"invalid_utf8": 1, "too_large": 1}
-    assert sum(m.stats["documents"] for m in code) == 4  # a, b, c, short
-    assert sum(m.stats["files"] for m in code) == 6      # notes.txt is not included
+    assert sum(m.stats["skipped"].get("too_large", 0) for m in code) == 1
+    assert sum(m.stats["repaired"].get("invalid_utf8", 0) for m in code) == 1  # latin1.py: kept, bytes replaced
+    assert sum(m.stats["documents"] for m in code) == 5  # a, b, c, short, latin1
+    assert sum(m.stats["records"] for m in code) == 6    # notes.txt is not included
     table = pq.read_table(code[0].shards[0].url)
     assert table.schema.names == documents.SCHEMA.names
     meta = json.loads(table.column("meta")[0].as_py())
@@ -102,9 +103,11 @@ def test_corrupt_warc_is_counted_not_fatal(tmp_path, sources):
     (web / "crawl.warc.gz").write_bytes(good[: len(good) // 2])  # truncated mid-record
     (web / "zz-garbage.warc.gz").write_bytes(gzip.compress(b"this is not a WARC file at all\r\n" * 10))
     recipe = recipe_for(tmp_path, code, web)
-    m = ingest(recipe, plan(recipe).extra["partitions"][2])
-    assert 0 < m.stats["documents"] < 6
-    assert m.stats["skipped"].get("corrupt_record", 0) >= 1
+    crawl, garbage = (ingest(recipe, p) for p in plan(recipe).extra["partitions"][2:])  # one partition per file
+    assert 0 < crawl.stats["documents"] < 6
+    assert crawl.stats["skipped"] == {"truncated": 1}  # the cut record, counted with its offset
+    assert crawl.extra["errors"][0]["offset"] > 0 and crawl.extra["errors"][0]["url"].endswith("crawl.warc.gz")
+    assert garbage.stats["documents"] == 0 and garbage.stats["files_skipped"] == {"not_a_warc_record": 1}
 
 
 def test_filter_keeps_dropped_documents_with_their_reason(tmp_path, sources):
@@ -112,8 +115,8 @@ def test_filter_keeps_dropped_documents_with_their_reason(tmp_path, sources):
     parts = plan(recipe).extra["partitions"]
     results = [filter_shard(recipe, ingest(recipe, p)) for p in parts]
     dropped = [r for m in results for r in pq.read_table(m.extra["dropped"][0]["url"]).to_pylist()]
-    assert {r["reason"] for r in dropped} == {"too_short"}
-    assert [json.loads(r["meta"])["path"] for r in dropped] == ["pkg/short.py"]
+    assert {json.loads(r["meta"])["path"]: r["reason"] for r in dropped} == {
+        "pkg/short.py": "too_short", "pkg/latin1.py": "repeated_lines"}
     kept = sum(m.stats["kept"] for m in results)
     assert kept + len(dropped) == sum(m.stats["documents_in"] for m in results)
 
