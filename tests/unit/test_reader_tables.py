@@ -347,7 +347,9 @@ def test_pretrain_data_runs_each_example_recipe(tmp_path, fmt, capsys):
     assert main(["data", str(RECIPES / f"{fmt}.yaml"), f"sources.0.uri={folder}", f"run_root={run_root}"]) == 0
     capsys.readouterr()
     tokens = Manifest.load(str(run_root / "tokens"))
-    assert tokens.stats["train_documents"] + tokens.stats["val_documents"] == 300  # every sample document
+    ledger = Manifest.load(str(run_root / "dedup")).extra["ledger"]["total"]
+    assert ledger["read"] == ledger["written"] == 300 and ledger["balanced"]  # every sample document
+    assert tokens.stats["train_documents"] + tokens.stats["val_documents"] == ledger["deduplicated"] >= 290
     manifests = glob.glob(str(run_root / "documents" / f"docs-{fmt}" / "*.manifest.json"))
     assert len(manifests) == 2
     stats = [Manifest.load(m).stats for m in manifests]
