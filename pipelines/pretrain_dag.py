@@ -49,6 +49,27 @@ def compile_pipeline(recipe_json: str, parallelism: int, path: str) -> None:
     compiler.Compiler().compile(build_pipeline(parallelism, recipe_json), package_path=path)
 
 
+def _keep_parameters_intact() -> None:
+    """kfp.local (2.17) replaces 'python3' with its interpreter's path in *every* argument of a task's
+    command, the executor input JSON included, so a parameter holding a path such as
+    /usr/lib/python3.11 arrives corrupted. Apply the replacement only before ``--executor_input``.
+    """
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.replace_python_executable
+    if getattr(original, "_pretrain_patched", False):
+        return
+
+    def replace_in_command_only(full_command: list, new_executable: str) -> list:
+        if "--executor_input" not in full_command:
+            return original(full_command, new_executable)
+        cut = full_command.index("--executor_input")
+        return original(full_command[:cut], new_executable) + list(full_command[cut:])
+
+    replace_in_command_only._pretrain_patched = True
+    handler.replace_python_executable = replace_in_command_only
+
+
 def run_local(recipe_json: str, parallelism: int, pipeline_root: str) -> None:
     """Run the DAG on this machine with KFP's SubprocessRunner in the current environment."""
     import builtins
@@ -58,6 +79,7 @@ def run_local(recipe_json: str, parallelism: int, pipeline_root: str) -> None:
 
     # Locally every step runs in this environment, where pretrain is installed: the image is not used.
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
+    _keep_parameters_intact()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     original_print = builtins.print  # kfp.local indents print() while it runs and may leave it so
     try:

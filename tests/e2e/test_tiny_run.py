@@ -31,7 +31,8 @@ def write_mixed_recipe(cwd: Path) -> Path:
     from pretrain.data.samples import tables, web, wikipedia
 
     inputs = cwd / "inputs"
-    wikipedia.write_wikipedia_dump(inputs / "wiki" / "dump.xml.bz2", pages=40)
+    (inputs / "wiki").mkdir(parents=True)
+    wikipedia.write_wikipedia_dump(str(inputs / "wiki" / "dump.xml.bz2"), pages=40)
     tables.write_jsonl(inputs / "jsonl" / "docs.jsonl", 80)
     web.write_wet(inputs / "wet" / "crawl.warc.wet.gz", 40)
     recipe = yaml.safe_load(builtin_recipe_path("tiny").read_text())
