@@ -238,10 +238,11 @@ def test_an_empty_file_is_skipped_and_a_missing_one_named(tmp_path):
         read_file(source("jsonl"), missing)
 
 
-def test_a_truncated_gzip_keeps_the_lines_before_the_cut(tmp_path):
-    full = samples.write_jsonl(tmp_path / "full.jsonl.gz", 300)
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_truncated_compressed_file_keeps_the_lines_before_the_cut(tmp_path, suffix):
+    full = samples.write_jsonl(tmp_path / f"full.jsonl{suffix}", 300)
     data = Path(full).read_bytes()
-    cut = tmp_path / "cut.jsonl.gz"
+    cut = tmp_path / f"cut.jsonl{suffix}"
     cut.write_bytes(data[: len(data) // 2])
     rows, stats = read_file(source("jsonl"), cut)
     assert 50 < len(rows) < 300

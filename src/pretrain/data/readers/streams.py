@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 from typing import IO
 
@@ -52,10 +53,46 @@ def decompress(raw: IO[bytes], kind: str | None) -> IO[bytes]:
     if kind == "xz":
         return lzma.LZMAFile(raw, mode="rb")
     if kind == "zstd":
+        return io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)
+    raise ValueError(f"unknown compression {kind!r}")
+
+
+class _ZstdReader(io.RawIOBase):
+    """Multi-frame zstd that, like gzip/bz2/xz, raises ``EOFError`` when the input ends mid-frame.
+
+    (zstandard's own stream reader ends silently there, which would hide a truncated file.)
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-    raise ValueError(f"unknown compression {kind!r}")
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._raw, self._inflater, self._pending, self._started = raw, self._new(), b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._started and not self._inflater.eof:
+                    raise EOFError("zstd stream ended before the end of its frame (truncated file)")
+                return 0
+            while chunk:
+                if self._inflater.eof:  # the next frame of a multi-frame file
+                    self._inflater = self._new()
+                self._started = True
+                self._pending += self._inflater.decompress(chunk)
+                chunk = self._inflater.unused_data if self._inflater.eof else b""
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def open_input(url: str) -> IO[bytes]:

@@ -251,7 +251,7 @@ def _stream(src, raw: IO[bytes], url: str, stats: ReadStats, base: int = 0,
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     kind = codec(url)
-    stream = raw if kind in (None, "gzip") else decompress(raw, kind)
+    stream = raw if kind in (None, "gzip", "zstd") else decompress(raw, kind)  # FastWARC reads gzip, zstd
     record_type = WarcRecordType.conversion if src.format == "wet" else WarcRecordType.response
     limit = src.max_document_bytes
     while True:
