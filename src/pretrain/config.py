@@ -58,7 +58,9 @@ class SourceConfig(_Strict):
     builtin_pages: PositiveInt = 120  # pydoc pages packed into the builtin WARC
     # warc: HTML -> text
     extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
-    main_content: bool = True  # keep the main text only (no menus, footers, sidebars)
+    main_content: bool = True  # keep the main text only (no menus, footers, sidebars, cookie banners, ads)
+    main_content_rules: Literal["selectors", "resiliparse"] = "selectors"  # resiliparse: its own heuristics (~2x)
+    boilerplate_selectors: list[str] | None = None  # CSS selectors of boilerplate; None: the built-in list
     # code: a git repository's ref (branch, tag or commit) whose tracked files are read
     ref: str = "HEAD"
     # jsonl / parquet / hf: which fields hold the text, the id, and what else to keep in `meta`

@@ -237,3 +237,32 @@ def test_pretrain_data_on_the_example_recipe(tmp_path, fmt, capsys):
     for m in ingested:
         assert m.stats["records"] == m.stats["documents"] + sum(m.stats["skipped"].values())
     assert "read 6" in capsys.readouterr().err  # the ledger line: read N = written + skipped
+
+
+DIV_SOUP = """<html><body><div class="top-menu"><a href="/">Home</a> <a href="/shop">Shop the catalogue</a></div>
+<div class="content"><h1>Sourdough at home</h1><p>Feed the starter twice a day and keep it somewhere warm.</p>
+<div class="promo">Subscribe to our newsletter today</div></div>
+<div class="site-footer">Copyright 2024 Bakery Ltd</div>
+<div class="cookie-consent">We use cookies, accept them all</div></body></html>"""
+
+
+def test_main_content_selectors_drop_boilerplate_without_semantic_tags():
+    from pretrain.data.readers.html import extract_text
+
+    text = extract_text(DIV_SOUP)
+    assert "Feed the starter twice a day" in text and "Sourdough at home" in text
+    for boilerplate in ("Shop the catalogue", "Copyright 2024", "accept them all"):
+        assert boilerplate not in text
+        assert boilerplate in extract_text(DIV_SOUP, main_content=False)
+    heuristics = extract_text(DIV_SOUP, rules="resiliparse")  # Resiliparse's own rules stay selectable
+    assert "Feed the starter twice a day" in heuristics and "Copyright 2024" not in heuristics
+
+
+def test_boilerplate_selectors_are_configurable(tmp_path):
+    from pretrain.data.readers.html import BOILERPLATE_SELECTORS, extract_text
+
+    assert "Subscribe to our newsletter" in extract_text(DIV_SOUP)
+    assert "Subscribe to our newsletter" not in extract_text(DIV_SOUP, selectors=[*BOILERPLATE_SELECTORS, ".promo"])
+    web.write_warc(tmp_path / "a.warc.gz", 2, junk=False)
+    rows, _ = read_all(source(tmp_path / "a.warc.gz", boilerplate_selectors=["p"]))  # drop every paragraph
+    assert all("Section 3 overview" in r["text"] for r in rows)  # a custom list replaces the built-in one

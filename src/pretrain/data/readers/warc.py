@@ -24,6 +24,7 @@ from pretrain.data.readers.base import Partition, ReadStats, decode_utf8, docume
 from pretrain.data.readers.streams import codec, decompress, open_raw, size
 
 CHUNK = 1 << 20
+FEED = 1 << 15  # input fed to zlib per call: what lies past a member's end is copied back, so keep it small
 HEADER_ROOM = 1 << 16  # WARC + HTTP headers allowed on top of max_document_bytes
 GZIP_MAGIC = b"\x1f\x8b\x08"
 SCAN_LIMIT = 16 << 20  # how far plan looks for a member boundary before it stops splitting a file
@@ -124,21 +125,22 @@ def _gzip_members(src, raw: IO[bytes], url: str, start: int, end: int,
     from fastwarc.warc import WarcRecord
 
     cap = src.max_document_bytes + HEADER_ROOM
-    pending = b""  # bytes read from the file but not yet fed
+    pending = memoryview(b"")  # bytes read from the file but not yet fed (a view: slicing copies nothing)
     pos = start  # the file offset of pending[0]
     while pos < end:
         if not pending:
-            pending = raw.read(CHUNK)
-            if not pending:
+            chunk = raw.read(CHUNK)
+            if not chunk:
                 return
-            stats.bytes_read += len(pending)
-        if not pending.startswith(GZIP_MAGIC[:2]):
+            stats.bytes_read += len(chunk)
+            pending = memoryview(chunk)
+        if pending[:2] != GZIP_MAGIC[:2]:
             found = next_member(raw, pos)
             stats.skip_file("junk_between_records", url=url, offset=pos)
             if found is None:
                 return
             raw.seek(found)
-            pos, pending = found, b""
+            pos, pending = found, memoryview(b"")
             continue
         member_start = pos
         inflater = zlib.decompressobj(31)
@@ -146,7 +148,8 @@ def _gzip_members(src, raw: IO[bytes], url: str, start: int, end: int,
         data = pending  # input not yet inflated; it starts at file offset `pos`
         try:
             while True:
-                piece = inflater.decompress(data, CHUNK)  # bounded output: a 100 MB page never sits in memory
+                feed = data[:FEED]
+                piece = inflater.decompress(feed, CHUNK)  # bounded output: a 100 MB page never sits in memory
                 if not overflow and out_size + len(piece) > cap:
                     overflow = True
                     out.append(piece[:max(0, HEADER_ROOM - out_size)])
@@ -154,16 +157,18 @@ def _gzip_members(src, raw: IO[bytes], url: str, start: int, end: int,
                     out.append(piece)
                 out_size += len(piece)
                 if inflater.eof:
-                    pending = inflater.unused_data
-                    pos += len(data) - len(pending)
+                    used = len(feed) - len(inflater.unused_data)
+                    pos += used
+                    pending = data[used:]
                     break
-                if inflater.unconsumed_tail:
-                    pos += len(data) - len(inflater.unconsumed_tail)
-                    data = inflater.unconsumed_tail
+                used = len(feed) - len(inflater.unconsumed_tail)
+                pos += used
+                data = data[used:]
+                if data:
                     continue
-                pos += len(data)
-                data = raw.read(CHUNK)
-                stats.bytes_read += len(data)
+                chunk = raw.read(CHUNK)
+                stats.bytes_read += len(chunk)
+                data = memoryview(chunk)
                 if not data:
                     _count_broken(b"".join(out), src, stats, "truncated", url, member_start)
                     return
@@ -173,7 +178,7 @@ def _gzip_members(src, raw: IO[bytes], url: str, start: int, end: int,
             if found is None:
                 return
             raw.seek(found)
-            pos, pending = found, b""
+            pos, pending = found, memoryview(b"")
             continue
         data = b"".join(out)
         if overflow:
@@ -324,7 +329,8 @@ def _document(src, record, body: bytes, url: str, offset: int, stats: ReadStats)
             return None
         page = html_text.decode_html(body, record.http_charset, stats)
         try:
-            text = html_text.extract_text(page, src.extractor, src.main_content)
+            text = html_text.extract_text(page, src.extractor, src.main_content, src.main_content_rules,
+                                          src.boilerplate_selectors or html_text.BOILERPLATE_SELECTORS)
         except Exception as err:  # a parser failure on one page must not stop the file
             stats.skip("extract_failed", url=url, offset=offset, detail=f"{type(err).__name__}: {err}")
             return None
