@@ -51,15 +51,78 @@ def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Da
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def dedup(recipe: str, filtered: Input[list[Dataset]], manifest: Output[Dataset], summary: Output[Markdown],
-          metrics: Output[Metrics]):
-    """Remove exact duplicates across all kept shards."""
-    from pretrain.components.outputs import read_manifest, write_outputs
+def dedup_plan(recipe: str, filtered: Input[list[Dataset]]) -> list:
+    """Order the filtered partitions for dedup and save the plan; the partition indices to fan out over."""
+    from pretrain.components.outputs import read_manifest
 
     from pretrain.config import from_json
-    from pretrain.data.dedup import dedup as run
+    from pretrain.data.dedup.plan import make_plan
 
-    write_outputs(run(from_json(recipe), [read_manifest(a) for a in filtered]), manifest, summary, metrics)
+    return make_plan(from_json(recipe), [read_manifest(a) for a in filtered]).partitions
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup_sketch(recipe: str, partition: int) -> str:
+    """One partition: exact keys by prefix shard, MinHash signatures and LSH band keys."""
+    import json
+
+    from pretrain.data.dedup.stages import sketch_one
+
+    return json.dumps(sketch_one(recipe, int(partition)))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup_bucket_plan(recipe: str, sketched: list, groups: int) -> list:
+    """After every sketch: the bucket units (exact prefix shards, LSH bands) dealt into task groups."""
+    from pretrain.config import from_json
+    from pretrain.data.dedup.plan import load_plan
+    from pretrain.data.dedup.stages import bucket_groups
+
+    return bucket_groups(load_plan(from_json(recipe)), int(groups))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup_buckets(recipe: str, units: list) -> str:
+    """Some bucket units: duplicate exact keys of a prefix shard, candidate pairs of a band."""
+    import json
+
+    from pretrain.data.dedup.stages import buckets_some
+
+    return json.dumps(buckets_some(recipe, list(units)))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup_cluster(recipe: str, bucketed: list) -> list:
+    """Verified pairs -> connected components -> the removals of each partition; the partitions to fan out over."""
+    from pretrain.config import from_json
+    from pretrain.data.dedup.clusters import cluster
+    from pretrain.data.dedup.plan import load_plan
+
+    plan = load_plan(from_json(recipe))
+    cluster(plan)
+    return plan.partitions
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup_remove(recipe: str, partition: int) -> str:
+    """One partition's deduplicated shard (one representative per cluster kept)."""
+    import json
+
+    from pretrain.data.dedup.stages import remove_one
+
+    return json.dumps(remove_one(recipe, int(partition))["stats"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dedup(recipe: str, removed: list, manifest: Output[Dataset], summary: Output[Markdown], metrics: Output[Metrics]):
+    """The deduplicated documents manifest: stats per source and kind, the ledger, the cluster report."""
+    from pretrain.components.outputs import write_outputs
+
+    from pretrain.config import from_json
+    from pretrain.data.dedup.plan import load_plan
+    from pretrain.data.dedup.stages import finish
+
+    write_outputs(finish(load_plan(from_json(recipe))), manifest, summary, metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

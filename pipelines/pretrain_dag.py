@@ -1,4 +1,5 @@
-"""The pre-training DAG: plan -> ingest/filter (fan-out) -> dedup -> tokenize -> train -> export -> evaluate.
+"""The pre-training DAG: plan -> ingest/filter (fan-out) -> dedup (staged fan-out) -> tokenize -> train -> export
+-> evaluate.
 
 The whole resolved recipe travels as one string parameter; bulk data stays under the run root and
 only small manifests move between steps. KFP's own caching is off: it keys on parameters, not on
@@ -32,7 +33,20 @@ def build_pipeline(parallelism: int = 4, default_recipe: "str | None" = None):
             ingested = _configure(steps.ingest(recipe=recipe, partition=part), retries=2)
             filtered = _configure(steps.filter_documents(recipe=recipe, documents=ingested.outputs["manifest"]),
                                   retries=2)
-        deduped = _configure(steps.dedup(recipe=recipe, filtered=dsl.Collected(filtered.outputs["manifest"])))
+        # Dedup across the whole run, staged: sketch per partition -> buckets per prefix shard / band
+        # (dealt into `parallelism` groups) -> cluster once -> remove per partition -> the manifest.
+        dplan = _configure(steps.dedup_plan(recipe=recipe, filtered=dsl.Collected(filtered.outputs["manifest"])))
+        with dsl.ParallelFor(dplan.output, parallelism=parallelism, name="dedup-partitions") as n:
+            sketched = _configure(steps.dedup_sketch(recipe=recipe, partition=n), retries=2)
+        bplan = _configure(steps.dedup_bucket_plan(recipe=recipe, sketched=dsl.Collected(sketched.output),
+                                                   groups=parallelism))
+        with dsl.ParallelFor(bplan.output, parallelism=parallelism, name="dedup-buckets") as units:
+            bucketed = _configure(steps.dedup_buckets(recipe=recipe, units=units), retries=2)
+        clustered = _configure(steps.dedup_cluster(recipe=recipe, bucketed=dsl.Collected(bucketed.output)),
+                               retries=1)
+        with dsl.ParallelFor(clustered.output, parallelism=parallelism, name="dedup-remove") as n:
+            removed = _configure(steps.dedup_remove(recipe=recipe, partition=n), retries=2)
+        deduped = _configure(steps.dedup(recipe=recipe, removed=dsl.Collected(removed.output)))
         tokens = _configure(steps.tokenize(recipe=recipe, documents=deduped.outputs["manifest"]))
         trained = _configure(steps.train(recipe=recipe, tokens=tokens.outputs["manifest"]), retries=1)
         exported = _configure(steps.export(recipe=recipe, checkpoints=trained.outputs["manifest"],

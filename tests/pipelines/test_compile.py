@@ -22,14 +22,25 @@ def test_compiled_dag(tmp_path):
     assert spec["pipelineInfo"]["name"] == "pretrain"
     tasks = spec["root"]["dag"]["tasks"]
     assert {"plan", "dedup", "tokenize", "train", "export", "evaluate"} <= set(tasks)
-    loop_name, loop = next((n, t) for n, t in tasks.items() if n.startswith("for-loop"))
+    loops = {n: t for n, t in tasks.items() if n.startswith("for-loop")}
+    inner_of = {n: set(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in loops.items()}
+    assert sorted(map(sorted, inner_of.values())) == [["dedup-buckets"], ["dedup-remove"], ["dedup-sketch"],
+                                                      ["filter-documents", "ingest"]]
+    loop_name = next(n for n, inner in inner_of.items() if "ingest" in inner)
+    loop = loops[loop_name]
     assert loop["parameterIterator"]["items"]["inputParameter"]
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 2  # the recipe's pipeline.parallelism
+    assert all(t["iteratorPolicy"]["parallelismLimit"] == 2 for t in loops.values())  # pipeline.parallelism
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(inner) == {"ingest", "filter-documents"}
     assert inner["ingest"]["retryPolicy"]["maxRetryCount"] == 2
-    # dependencies: dedup collects the loop, evaluate comes last
-    assert loop_name in tasks["dedup"]["dependentTasks"]
+    # dependencies: dedup's plan collects the partitions loop; each dedup stage waits for the one before;
+    # the dedup manifest collects the removal loop; evaluate comes last
+    assert loop_name in tasks["dedup-plan"]["dependentTasks"]
+    loop_after = {t["dependentTasks"][0]: n for n, t in loops.items()}
+    sketch_loop = loop_after["dedup-plan"]
+    assert tasks["dedup-bucket-plan"]["dependentTasks"] == [sketch_loop]
+    assert tasks["dedup-cluster"]["dependentTasks"] == [loop_after["dedup-bucket-plan"]]
+    assert tasks["dedup"]["dependentTasks"] == [loop_after["dedup-cluster"]]
+    assert tasks["tokenize"]["dependentTasks"] == ["dedup"]
     assert set(tasks["evaluate"]["dependentTasks"]) >= {"export", "tokenize", "train"}
     # the resolved recipe is the default of the one parameter
     default = json.loads(spec["root"]["inputDefinitions"]["parameters"]["recipe"]["defaultValue"])

@@ -16,6 +16,7 @@ from pretrain.data.dedup import dedup
 from pretrain.data.filters import filter_shard
 from pretrain.data.ingest import ingest
 from pretrain.data.plan import plan
+from pretrain.data.samples import web as samples_web
 from pretrain.data.tokenize import tokenize
 from pretrain.manifest import Manifest
 
@@ -52,7 +53,8 @@ def sources(tmp_path):
     (code / "pkg" / "notes.txt").write_text("excluded by the include glob")
     web = tmp_path / "web"
     web.mkdir()
-    make_warc(web / "crawl.warc.gz", {f"https://example.org/{i}": page(80 + i, f"Page {i}") for i in range(6)})
+    real = {url: body.encode() for url, body, _ in samples_web.labelled_pages(5)}  # real text in a site template
+    make_warc(web / "crawl.warc.gz", {**real, "https://example.org/spam": page(80, "Page 5")})
     return code, web
 
 
@@ -83,8 +85,8 @@ def test_ingest_counts_every_skip_and_writes_the_documents_schema(tmp_path, sour
     assert meta["language"] == "python"
     web = ingest(recipe, parts[2])
     rows = pq.read_table(web.shards[0].url).to_pylist()
-    assert len(rows) == 6 and rows[0]["url"].startswith("https://example.org/")
-    assert "<p>" not in rows[0]["text"] and "word1 and text" in rows[0]["text"]
+    assert len(rows) == 6 and rows[-1]["url"] == "https://example.org/spam"
+    assert "<p>" not in rows[-1]["text"] and "word1 and text" in rows[-1]["text"]
 
 
 def test_documents_load_with_hf_datasets(tmp_path, sources):
@@ -115,24 +117,28 @@ def test_filter_keeps_dropped_documents_with_their_reason(tmp_path, sources):
     parts = plan(recipe).extra["partitions"]
     results = [filter_shard(recipe, ingest(recipe, p)) for p in parts]
     dropped = [r for m in results for r in pq.read_table(m.extra["dropped"][0]["url"]).to_pylist()]
-    assert {json.loads(r["meta"])["path"]: r["reason"] for r in dropped} == {
-        "pkg/short.py": "too_short", "pkg/latin1.py": "repeated_lines"}
+    assert {json.loads(r["meta"]).get("path", r["url"]): r["reason"] for r in dropped} == {
+        "pkg/short.py": "min_chars", "pkg/latin1.py": "code.max_dup_line_frac",
+        # the spam page repeats "Page 5 says" on every line: Gopher's top 2-gram rule (published threshold)
+        "https://example.org/spam": "gopher_repetition.max_top_ngram_char_frac.2"}
+    values = {r["reason"]: float(r["value"]) for r in dropped}
+    assert values["min_chars"] == 6 and values["code.max_dup_line_frac"] == 0.98
+    assert 0.2 < values["gopher_repetition.max_top_ngram_char_frac.2"] < 0.22
     kept = sum(m.stats["kept"] for m in results)
     assert kept + len(dropped) == sum(m.stats["documents_in"] for m in results)
+    assert [m.extra["profile"] for m in results] == ["code", "code", "web"]
 
 
 def test_filter_rules_name_the_reason():
-    import pyarrow as pa
-
     from pretrain.config import FilterConfig
-    from pretrain.data.filters import line_rules, reasons
+    from pretrain.data.filters.base import Doc
+    from pretrain.data.filters.step import chain_for
 
-    cfg = FilterConfig(min_chars=10, min_words=3, max_duplicate_line_fraction=0.5)
-    batch = pa.RecordBatch.from_pydict({"text": [
-        "short", "one two three four five six", "@@@@ #### $$$$ %%%% ^^^^ &&&&", "same\n" * 10 + "other\n",
-    ]})
-    assert reasons(batch, cfg, line_rules(cfg)) == [
-        "too_short", None, "low_alnum_fraction", "repeated_lines"]
+    chain = chain_for(FilterConfig(min_chars=10, min_words=3), "code")
+    texts = ["short", "def f(x):\n    return x + 1\n\ndef g(y):\n    return y * 2\n",
+             "@@@@ #### $$$$ %%%% ^^^^ &&&& a b c", "same\n" * 10 + "other\n"]
+    assert [chain.judge(Doc(t)).reason for t in texts] == [
+        "min_chars", None, "code.min_alnum_fraction", "code.max_dup_line_frac"]
 
 
 def test_dedup_and_tokenize(tmp_path, sources):
@@ -140,8 +146,10 @@ def test_dedup_and_tokenize(tmp_path, sources):
     parts = plan(recipe).extra["partitions"]
     filtered = [filter_shard(recipe, ingest(recipe, p)) for p in parts]
     deduped = dedup(recipe, filtered)
-    assert deduped.stats["duplicates"] == 1  # b.py == a.py; the first in shard order is kept
-    assert deduped.stats["documents_out"] == deduped.stats["documents_in"] - 1
+    # b.py == a.py (exact: the first in run order is kept); c.py is a near copy of them (every "Add" -> "Plus")
+    assert deduped.stats["exact_duplicates"] == 1 and deduped.stats["fuzzy_duplicates"] == 1
+    assert deduped.stats["documents_out"] == deduped.stats["documents_in"] - 2 == deduped.stats["documents_in"] - \
+        deduped.stats["duplicates"]
     tokens = tokenize(recipe, deduped)
     assert tokens.stats["train_documents"] + tokens.stats["val_documents"] == deduped.stats["documents_out"]
     assert tokens.stats["val_tokens"] > 0 and tokens.stats["train_tokens"] > 0

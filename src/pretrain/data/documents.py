@@ -35,7 +35,8 @@ SCHEMA = pa.schema([
     ("license", pa.string()),
     ("meta", pa.string()),  # a JSON object as a string
 ])
-DROPPED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string()))
+# Dropped documents: the rule that dropped them (``reason``) and the value that tripped it (``value``).
+DROPPED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("value", pa.string()))
 BATCH_ROWS = 1024
 
 

@@ -21,7 +21,7 @@ def pipeline_stats(recipe: Recipe) -> dict[str, object]:
     filtered = dedup.extra.get("filter_stats", {})
     out["documents in"] = filtered.get("documents_in")
     out["documents kept by filters"] = filtered.get("kept")
-    out["exact duplicates removed"] = dedup.stats.get("duplicates")
+    out["duplicates removed (exact + fuzzy)"] = dedup.stats.get("duplicates")
     out["documents after dedup"] = dedup.stats.get("documents_out")
     out["train tokens"] = tokens.stats.get("train_tokens")
     out["validation tokens"] = tokens.stats.get("val_tokens")

@@ -1,0 +1,151 @@
+"""Named rule profiles: which rules, in which order, with which settings, for each kind of source.
+
+``web`` (warc, wet), ``prose`` (wikipedia, jsonl, parquet, hf) and ``code`` (code); a source picks one
+with ``filter_profile`` (``auto``: by format) and the recipe overrides settings rule by rule under
+``filter.profiles.<profile>.<rule>``. Cheap rules run first; a document stops at the first rule it fails.
+Language, gibberish, toxicity, URL and PII rules come from their own modules and are left out (and
+reported by :func:`missing`) when a module is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pretrain.config import (
+    FILTER_PROFILES,
+    CodeProfile,
+    FilterConfig,
+    GibberishSettings,
+    LanguageSettings,
+    PiiSettings,
+    RecipeError,
+    SourceConfig,
+    TextProfile,
+    ToxicSettings,
+    UrlSettings,
+)
+from pretrain.data.filters import c4, code, fineweb, gopher
+from pretrain.data.filters.base import Doc, Rule, Step, Transform, above, below
+
+OPTIONAL_MODULES = ("language", "gibberish", "toxic", "pii")
+
+
+def profile_of(source: SourceConfig) -> str:
+    """The profile a source's documents go through: its ``filter_profile``, else by format."""
+    return source.profile
+
+
+def settings(cfg: FilterConfig, profile: str) -> TextProfile | CodeProfile:
+    if profile not in FILTER_PROFILES:
+        raise RecipeError(f"filter_profile: unknown profile {profile!r}; known: {', '.join(FILTER_PROFILES)}")
+    return getattr(cfg.profiles, profile)
+
+
+def build(cfg: FilterConfig, profile: str) -> list[Step]:
+    """The ordered rules and transforms of ``profile`` with the recipe's settings."""
+    prof = settings(cfg, profile)
+    steps: list[Step] = [
+        Rule("min_chars", lambda d: below(len(d.text), cfg.min_chars)),
+        Rule("max_chars", lambda d: above(len(d.text), cfg.max_chars)),
+        Rule("min_words", lambda d: below(len(d.words), cfg.min_words)),
+    ]
+    if isinstance(prof, CodeProfile):
+        steps += code.license_rules(prof.licenses) if prof.licenses.enabled else []
+        steps += code.rules(prof.code) if prof.code.enabled else []
+        steps += _pii(prof.pii)
+        return steps
+    steps += _urls(prof.urls, f"filter.profiles.{profile}.urls")
+    steps += _language(prof.language)
+    if prof.gopher_repetition.enabled:
+        steps += gopher.repetition_rules(prof.gopher_repetition)
+    if prof.gopher_quality.enabled:
+        steps += gopher.quality_rules(prof.gopher_quality)
+    if prof.c4.enabled:
+        steps += c4.rules(prof.c4)
+    if prof.fineweb.enabled:
+        steps += fineweb.rules(prof.fineweb)
+    steps += _gibberish(prof.gibberish)
+    steps += _toxic(prof.toxic, f"filter.profiles.{profile}.toxic")
+    steps += _pii(prof.pii)
+    return steps
+
+
+def wants_language(cfg: FilterConfig, profile: str) -> bool:
+    """Whether documents of ``profile`` get their language and score in ``meta``."""
+    prof = settings(cfg, profile)
+    return isinstance(prof, TextProfile) and prof.language.enabled and _module("language") is not None
+
+
+def missing() -> list[str]:
+    """The optional rule modules that are not installed (their rules are left out)."""
+    return [name for name in OPTIONAL_MODULES if _module(name) is None]
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"pretrain.data.filters.{name}")
+    except ImportError:
+        return None
+
+
+def _language(cfg: LanguageSettings) -> list[Step]:
+    if not cfg.enabled or not cfg.languages or _module("language") is None:
+        return []
+    keep = frozenset(cfg.languages)
+    return [Rule("language.languages", lambda d: None if d.language[0] in keep else d.language[0] or "unknown")]
+
+
+def _gibberish(cfg: GibberishSettings) -> list[Step]:
+    mod = _module("gibberish")
+    if not cfg.enabled or mod is None:
+        return []
+    has_language = _module("language") is not None
+    return [Rule("gibberish.max_score", lambda d: above(
+        mod.gibberish_score(d.text, d.language if has_language else None), cfg.max_score))]
+
+
+def _toxic(cfg: ToxicSettings, key: str) -> list[Step]:
+    mod = _module("toxic")
+    if not cfg.enabled or mod is None:
+        return []
+    try:
+        wordlist = mod.load_words(cfg.wordlist)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"{key}.wordlist: cannot read {cfg.wordlist!r}: {err}") from None
+    languages = frozenset(cfg.languages)
+
+    def judge(d: Doc) -> float | None:
+        code_, _ = d.language
+        covered = (code_ in languages) if code_ else ("en" in languages and d.looks_english)
+        if languages and not covered:
+            return None
+        return above(mod.toxic_fraction(mod.words_of(d.text), wordlist), cfg.max_fraction)
+    return [Rule("toxic.max_fraction", judge)]
+
+
+def _urls(cfg: UrlSettings, key: str) -> list[Step]:
+    mod = _module("toxic")
+    if not cfg.enabled or mod is None or not (cfg.blocked_domains or cfg.blocked_domains_file):
+        return []
+    domains = {d.strip().lower().removeprefix("*.").rstrip(".") for d in cfg.blocked_domains if d.strip()}
+    if cfg.blocked_domains_file:
+        try:
+            domains |= mod.load_domains(cfg.blocked_domains_file)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"{key}.blocked_domains_file: cannot read "
+                              f"{cfg.blocked_domains_file!r}: {err}") from None
+    blocked = frozenset(domains)
+    return [Rule("urls.blocked_domains", lambda d: mod.host(d.url) if mod.domain_blocked(d.url, blocked) else None)]
+
+
+def _pii(cfg: PiiSettings) -> list[Step]:
+    mod = _module("pii")
+    if not cfg.enabled or mod is None:
+        return []
+    kinds = tuple(cfg.kinds if cfg.kinds is not None else mod.KINDS)
+
+    def redact(d: Doc) -> tuple[str | None, dict[str, int]]:
+        text, counts = mod.redact(d.text, kinds)
+        return (text if counts else None), counts
+    return [Transform("pii", redact)]

@@ -1,0 +1,261 @@
+"""The filter rules on hand-made examples, the profiles and the recipe's overrides, and the filter step."""
+
+from __future__ import annotations
+
+import json
+import pydoc
+import sysconfig
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pretrain.config import FilterConfig, RecipeError, SourceConfig, validate
+from pretrain.data import documents
+from pretrain.data.filters import c4, code, fineweb, gopher, profiles
+from pretrain.data.filters.base import Doc
+from pretrain.data.filters.step import Stats, chain_for, filter_batch
+
+PROSE = ("The quick brown fox jumps over the lazy dog, and that is the whole story of the day. "
+         "It was a bright and cold day in April, and the clocks were striking thirteen. ")
+
+
+SENTENCES = [
+    "The river runs past the old mill before it turns toward the sea.",
+    "Children from the village learned to swim in its cold, clear water.",
+    "Every spring the farmers repaired the stone walls that the frost had broken.",
+    "A small bakery on the square sold bread that was still warm at dawn.",
+    "Travelers often stopped there to ask for directions to the mountain pass.",
+    "The school had only two rooms, yet it taught reading, history and arithmetic.",
+    "In winter the road was closed, and letters arrived once a week by sledge.",
+    "Old maps show a bridge where today there is only a ferry and a rope.",
+    "The church bell was cast in a foundry far away and carried up by oxen.",
+    "Most houses have thick walls and small windows that keep out the wind.",
+    "A festival with music and dancing is held when the harvest is done.",
+    "Visitors say that the view from the hill is worth the long climb.",
+]
+
+
+def prose(sentences: int = 12) -> str:
+    return "\n".join(SENTENCES[:sentences])
+
+
+def judge(rules, text: str, **kw) -> dict[str, object]:
+    doc = Doc(text, **kw)
+    return {r.name: v for r in rules if (v := r.judge(doc)) is not None}
+
+
+def test_gopher_quality_rules_trip_with_their_value():
+    cfg = FilterConfig().profiles.web.gopher_quality
+    rules = gopher.quality_rules(cfg)
+    assert judge(rules, prose()) == {}
+    assert judge(rules, "the cat and the dog " * 5)["gopher_quality.min_doc_words"] == 25
+    assert judge(rules, prose() + "\n" + "and so on... " * 40)["gopher_quality.max_symbol_word_ratio"] > 0.1
+    hashes = prose() + "\n" + "# " * 100  # a line of symbols is code-like: only the published variant counts it
+    assert "gopher_quality.max_symbol_word_ratio" not in judge(rules, hashes)
+    published = gopher.quality_rules(cfg.model_copy(update={"variant": "published"}))
+    assert judge(published, hashes)["gopher_quality.max_symbol_word_ratio"] > 0.1
+    assert "gopher_quality.max_bullet_lines_ratio" in judge(rules, "\n".join(f"- the item {i} of the list to buy "
+                                                                          "and the rest" for i in range(20)))
+    long_words = " ".join(["internationalization"] * 60) + " the and of"
+    assert judge(rules, long_words)["gopher_quality.max_avg_word_length"] > 10
+    no_stop = " ".join(f"word{i} alpha beta gamma" for i in range(30))
+    assert judge(rules, no_stop)["gopher_quality.min_stop_words"] == 0
+
+
+def test_gopher_repetition_rules():
+    rules = gopher.repetition_rules(FilterConfig().profiles.web.gopher_repetition)
+    assert judge(rules, prose()) == {}
+    spam = "\n\n".join(["Buy cheap watches online today. " * 8] * 30)
+    found = judge(rules, spam)
+    assert found["gopher_repetition.max_dup_para_frac"] == pytest.approx(28 / 30)  # the last one has no trailing space
+    assert found["gopher_repetition.max_top_ngram_char_frac.2"] > 0.2
+    assert found["gopher_repetition.max_dup_ngram_char_frac.5"] > 0.75  # word characters, not the spaces
+
+
+def test_repeated_ngrams_are_counted_in_characters():
+    doc = Doc("alpha beta gamma delta epsilon zeta " * 4)
+    # every 5-gram after the first occurrence of the 6-word cycle repeats: words 6..23 are covered
+    assert gopher._dup_ngram_chars(doc, 5) == sum(len(w) for w in doc.words[6:])
+    assert gopher._top_ngram_chars(doc, 2, published=False) == len("alpha beta") * 4
+
+
+def test_c4_rules_and_line_removal():
+    cfg = FilterConfig().profiles.web.c4
+    steps = c4.rules(cfg)
+    rules = [s for s in steps if hasattr(s, "judge")]
+    remove = next(s for s in steps if s.name == "c4.remove_lines")
+    assert judge(rules, prose()) == {}
+    assert judge(rules, prose() + "\nLorem ipsum dolor sit amet.")["c4.lorem_ipsum"] == "lorem ipsum"
+    assert judge(rules, "A title\nOne sentence here is fine.\nTwo more words.")["c4.min_sentences"] == 2
+    text = prose() + "\nThis site uses cookies to improve your experience.\nPlease enable JavaScript to view it."
+    new, counts = remove.apply(Doc(text))
+    assert new == prose() and counts == {"lines": 2}
+    minified = "function(a){return a+1};var b={c:[1,2,3]};if(x){y()}else{z()};" * 40
+    assert judge(rules, minified + "\n" + prose(3))["c4.max_code_fraction"] > 0.9
+
+
+def test_c4_published_variant_drops_curly_brackets_and_removes_unpunctuated_lines():
+    cfg = FilterConfig().profiles.web.c4.model_copy(update={"variant": "published"})
+    steps = c4.rules(cfg)
+    rules = [s for s in steps if hasattr(s, "judge")]
+    assert judge(rules, prose() + "\nUse a dict such as {'a': 1} in the call.")["c4.curly_bracket"].startswith("Use")
+    new, _ = next(s for s in steps if s.name == "c4.remove_lines").apply(Doc("Menu\nHome\n" + prose(6)))
+    assert new == prose(6)
+
+
+def test_fineweb_rules():
+    rules = fineweb.rules(FilterConfig().profiles.web.fineweb)
+    assert judge(rules, prose()) == {}
+    menu = "\n".join(f"Item {i}" for i in range(40)) + "\n" + prose(2)
+    found = judge(rules, menu)
+    assert found["fineweb.min_line_punct_ratio"] < 0.12 and found["fineweb.max_short_line_ratio"] > 0.67
+    dup = prose(12) + "\nShared sentence number one that repeats here.\n" * 2
+    published = FilterConfig().profiles.web.fineweb.model_copy(update={"variant": "published"})
+    assert judge(fineweb.rules(published), dup)["fineweb.max_char_dup_ratio"] > 0.01
+
+
+def test_code_rules():
+    rules = code.rules(FilterConfig().profiles.code.code)
+    good = "".join(f"def add_{i}(a, b):\n    '''Add {i} and two numbers.'''\n    return a + b + {i}\n\n"
+                   for i in range(5))
+    assert judge(rules, good) == {}
+    assert judge(rules, "x = '" + "a" * 1500 + "'\n")["code.max_line_length"] == 1506
+    marked = "# Code generated by protoc. DO NOT EDIT.\n" + good
+    assert judge(rules, marked)["code.autogenerated"] == "# Code generated by"
+    assert judge(rules, "=+-*/ " * 100)["code.min_alnum_fraction"] < 0.25
+    data = json.dumps({f"k{i}": list(range(50)) for i in range(400)})
+    assert judge(rules, data, meta={"language": "json"})["code.data_max_chars"] > 50_000
+    lic = code.license_rules(FilterConfig.model_validate(
+        {"profiles": {"code": {"licenses": {"allowed": ["MIT"]}}}}).profiles.code.licenses)
+    assert judge(lic, good, license="GPL-3.0") == {"licenses.allowed": "GPL-3.0"}
+    assert judge(lic, good, license="MIT") == {}
+
+
+def test_profile_by_format_and_by_choice():
+    assert [SourceConfig(name="s", format=f, uri="x").profile for f in ("warc", "wet", "code", "wikipedia", "jsonl",
+                                                                        "parquet", "hf")] == [
+        "web", "web", "code", "prose", "prose", "prose", "prose"]
+    assert SourceConfig(name="s", format="jsonl", uri="x", filter_profile="code").profile == "code"
+    cfg = FilterConfig()
+    names = {s.name for s in profiles.build(cfg, "prose")}
+    assert "gopher_quality.min_doc_words" in names and not any(n.startswith(("c4.", "fineweb.")) for n in names)
+    assert any(n.startswith("c4.") for n in (s.name for s in profiles.build(cfg, "web")))
+    assert not any(n.startswith("gopher") for n in (s.name for s in profiles.build(cfg, "code")))
+
+
+def test_recipe_overrides_rule_by_rule_and_names_unknown_keys():
+    base = {"name": "x", "sources": [{"name": "a", "format": "warc", "uri": "x"}]}
+    recipe = validate({**base, "filter": {"profiles": {"web": {"c4": {"enabled": False},
+                                                               "gopher_quality": {"min_doc_words": 30}},
+                                                       "prose": {"c4": {"min_sentences": 3}}}}})
+    web = recipe.filter.profiles.web
+    assert not web.c4.enabled and web.gopher_quality.min_doc_words == 30 and web.gopher_quality.min_stop_words == 2
+    assert recipe.filter.profiles.prose.c4.min_sentences == 3 and not recipe.filter.profiles.prose.c4.enabled
+    assert not any(s.name.startswith("c4.") for s in profiles.build(recipe.filter, "web"))
+    for bad, key in [({"webb": {}}, "filter.profiles.webb"), ({"web": {"c5": {}}}, "filter.profiles.web.c5"),
+                     ({"web": {"c4": {"min_sentencs": 1}}}, "filter.profiles.web.c4.min_sentencs"),
+                     ({"web": {"gopher_quality": {"min_alpha_words_ratio": 2}}},
+                      "filter.profiles.web.gopher_quality.min_alpha_words_ratio")]:
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            validate({**base, "filter": {"profiles": bad}})
+    with pytest.raises(RecipeError, match=r"sources\[0\]\.filter_profile"):
+        validate({**base, "sources": [{"name": "a", "format": "warc", "uri": "x", "filter_profile": "news"}]})
+
+
+def pydoc_page() -> str:
+    import re
+
+    html = pydoc.HTMLDoc().page("json", pydoc.HTMLDoc().docmodule(__import__("json")))
+    from resiliparse.extract.html2text import extract_plain_text
+
+    return re.sub(r"\n{3,}", "\n\n", extract_plain_text(html, main_content=False))
+
+
+def test_technical_pages_are_kept_by_default_and_dropped_by_the_published_variant():
+    page = pydoc_page()
+    web = chain_for(FilterConfig(), "web")
+    assert web.judge(Doc(page, url="https://docs.python.org/3/library/json.html")).reason is None
+    published = FilterConfig.model_validate({"profiles": {"web": {
+        r: {"variant": "published"} for r in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}}})
+    assert chain_for(published, "web").judge(Doc(page)).reason is not None
+    source = Path(sysconfig.get_paths()["stdlib"], "json", "decoder.py").read_text()
+    assert chain_for(FilterConfig(), "code").judge(Doc(source, meta={"language": "python"})).reason is None
+
+
+def test_cjk_arabic_empty_and_giant_line_documents():
+    chain = chain_for(FilterConfig(), "prose")
+    chinese = "。".join(["今天天气很好我们一起去公园散步然后吃午饭"] * 30) + "。"
+    arabic = " ".join(["هذا نص عربي طويل يتحدث عن تاريخ المدينة القديمة وأسواقها."] * 30)
+    for text in (chinese, arabic):
+        verdict = chain.judge(Doc(text))
+        assert not (verdict.reason or "").startswith(("min_words", "gopher_quality.min_doc_words",
+                                                      "gopher_quality.min_avg", "gopher_quality.max_avg",
+                                                      "gopher_quality.min_stop")), verdict
+    web = chain_for(FilterConfig(), "web")
+    assert web.judge(Doc("")).reason == "min_chars"
+    giant = ("word " * 200_000).strip()
+    verdict = web.judge(Doc(giant))
+    assert verdict.reason is not None and web.stats.rule_errors == {}
+
+
+def batch_of(texts: list[str], urls: list[str] | None = None) -> pa.RecordBatch:
+    n = len(texts)
+    rows = {"id": [str(i) for i in range(n)], "text": texts, "source": ["s"] * n, "source_id": [""] * n,
+            "url": urls or [""] * n, "date": [""] * n, "license": [""] * n, "meta": ["{}"] * n}
+    return pa.RecordBatch.from_pydict(rows, schema=documents.SCHEMA)
+
+
+def test_filter_batch_writes_reason_and_value_and_stats_add_up():
+    stats = Stats()
+    chain = chain_for(FilterConfig(), "web", stats)
+    texts = [prose(12), "short", "\n\n".join(["Buy cheap watches online today. " * 8] * 30),
+             prose(12) + "\nWrite to jane.doe@example.com for details."]
+    kept, dropped = filter_batch(batch_of(texts), chain)
+    assert stats.documents_in == 4 and stats.kept + stats.dropped == 4 == kept.num_rows + dropped.num_rows
+    assert dropped.column("reason").to_pylist() == ["min_chars", "gopher_repetition.max_dup_para_frac"]
+    assert dropped.column("value").to_pylist()[0] == "5"
+    assert stats.bytes_dropped_by_reason == {"min_chars": 5, "gopher_repetition.max_dup_para_frac":
+                                             len(texts[2].encode())}
+    assert stats.pii_redacted == {"email": 1} and stats.transformed["pii"] == 1
+    assert "<EMAIL>" in kept.column("text")[1].as_py() and "jane.doe" not in kept.column("text")[1].as_py()
+    assert json.loads(kept.column("meta")[0].as_py())["lang"] == "en"
+    table = pa.Table.from_batches([batch_of(["x"])]).append_column("reason", pa.array(["r"])).append_column(
+        "value", pa.array(["1"]))
+    assert table.schema.names == documents.DROPPED_SCHEMA.names
+
+
+def test_blocked_domains_and_language_keep_list(tmp_path):
+    listed = tmp_path / "optout.txt"
+    listed.write_text("# opted out\nblocked.example\n")
+    cfg = FilterConfig.model_validate({"profiles": {"web": {
+        "urls": {"blocked_domains": ["spam.example"], "blocked_domains_file": str(listed)},
+        "language": {"languages": ["fr"]}}}})
+    chain = chain_for(cfg, "web")
+    assert chain.judge(Doc(prose(), url="https://a.spam.example/x")).value == "a.spam.example"
+    assert chain.judge(Doc(prose(), url="https://blocked.example/")).reason == "urls.blocked_domains"
+    verdict = chain.judge(Doc(prose(), url="https://ok.example/"))
+    assert (verdict.reason, verdict.value) == ("language.languages", "en")
+
+
+def test_filter_shard_writes_dropped_shard_and_per_rule_bytes(tmp_path):
+    from pretrain.config import load_recipe
+    from pretrain.data.filters import filter_shard
+    from pretrain.manifest import Manifest, Shard
+
+    recipe = load_recipe("tiny", [f"run_root={tmp_path}"])
+    url = str(tmp_path / "docs.parquet")
+    texts = [prose(12), "tiny", PROSE * 5]
+    pq.write_table(pa.Table.from_batches([batch_of(texts)]), url)
+    part = {"source": "pydoc-web", "url": url, "rel": "a.warc.gz", "unit": "file", "start": 0, "end": -1, "limit": 0}
+    docs = Manifest(kind="documents", root=str(tmp_path), fingerprint="f", shards=[Shard(url=url, rows=3, bytes=1)],
+                    stats={"documents": 3}, extra={"partition": part})
+    out = filter_shard(recipe, docs)
+    assert out.stats["kept"] + out.stats["dropped"] == out.stats["documents_in"] == 3
+    assert sum(out.stats["bytes_dropped_by_reason"].values()) == sum(
+        len(t.encode()) for t, k in zip(texts, [True, False, False], strict=True) if not k) or out.stats["dropped"] > 0
+    dropped = pq.read_table(out.extra["dropped"][0]["url"]).to_pylist()
+    assert dropped[0]["reason"] == "min_chars" and dropped[0]["value"] == "4"
+    assert out.extra["partition"] == part and out.extra["ingest_stats"] == {"documents": 3}
+    assert out.extra["profile"] == "web"
