@@ -1,5 +1,7 @@
 """Stage 2, per LSH band (or exact prefix shard): documents with an equal band key become candidate pairs.
 
+A band's keys are one column of each partition's signatures file (read alone).
+
 A band's keys over the whole run are sorted; each run of equal keys is a bucket. Buckets of up to
 ``ALL_PAIRS_MAX`` documents give every pair (so verification can still join two copies when a third,
 unrelated document shares their bucket); larger ones (mass copies) give a star to their first
@@ -13,7 +15,7 @@ import pyarrow as pa
 
 from pretrain.data.dedup import exact, tables
 from pretrain.data.dedup.plan import Plan
-from pretrain.data.dedup.sketch import BAND_SCHEMA
+from pretrain.data.dedup.sketch import BAND_SCHEMA, band_column
 
 ALL_PAIRS_MAX = 16
 PAIR_SCHEMA = pa.schema([("a_part", pa.int32()), ("a_row", pa.int64()), ("b_part", pa.int32()),
@@ -22,7 +24,7 @@ PAIR_SCHEMA = pa.schema([("a_part", pa.int32()), ("a_row", pa.int64()), ("b_part
 
 def band_pairs(plan: Plan, band: int) -> dict[str, int]:
     """Write the candidate pairs of one band."""
-    table = tables.concat([tables.read(plan.band_url(band, p)) for p in plan.partitions], BAND_SCHEMA)
+    table = tables.concat([_band(plan, band, p) for p in plan.partitions], BAND_SCHEMA)
     key, part, row = table["key"].to_numpy(), table["part"].to_numpy().astype(np.int32), table["row"].to_numpy()
     order = np.lexsort((row, part, key))
     key, part, row = key[order], part[order], row[order]
@@ -47,6 +49,13 @@ def band_pairs(plan: Plan, band: int) -> dict[str, int]:
     tables.write(pa.table({"a_part": part[a], "a_row": row[a], "b_part": part[b], "b_row": row[b]},
                           schema=PAIR_SCHEMA), plan.pairs_url(band))
     return {"band_keys": len(key), "buckets": int((sizes > 1).sum()), "pairs": len(a)}
+
+
+def _band(plan: Plan, band: int, part: int) -> pa.Table:
+    """One partition's keys of one band: a single column of its signatures file (plus the rows)."""
+    table = tables.read(plan.signatures_url(part), columns=["row", band_column(band)])
+    return pa.table({"key": table[band_column(band)], "part": pa.array(np.full(table.num_rows, part, np.int32)),
+                     "row": table["row"]}, schema=BAND_SCHEMA)
 
 
 def run_unit(plan: Plan, unit: str) -> dict[str, int]:

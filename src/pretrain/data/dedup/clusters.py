@@ -78,7 +78,7 @@ def _load_signatures(plan: Plan, nodes: np.ndarray) -> tuple[np.ndarray, np.ndar
     length = np.zeros(len(nodes), np.int64)
     part_of = nodes >> ROW_BITS
     for part in np.unique(part_of):
-        table = tables.read(plan.signatures_url(int(part)))
+        table = tables.read(plan.signatures_url(int(part)), columns=["row", "length", "sig"])
         rows = table["row"].to_numpy()
         want = nodes[part_of == part] & ((1 << ROW_BITS) - 1)
         take = np.flatnonzero(np.isin(rows, want))

@@ -1,7 +1,8 @@
 """Exact duplicates: a whitespace-normalized xxh3-128 key per document, sharded by key prefix.
 
-Per partition the keys go into ``prefix_shards`` files by their top bits, so the bucket stage for one
-prefix reads only its share of the run's keys; no worker ever holds every hash. Within a prefix,
+Per partition the keys go into ``prefix_shards`` row groups of one file by their top bits, so the
+bucket stage for one prefix reads only its share of the run's keys (one row group per partition);
+no worker ever holds every hash. Within a prefix,
 equal keys form a group whose first member in run order is kept (identical texts are equally long,
 so both representative rules agree); the others are written as ``(part, row) -> (rep_part, rep_row)``.
 """
@@ -19,19 +20,29 @@ from pretrain.data.dedup.plan import Plan
 KEY_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64()), ("part", pa.int32()), ("row", pa.int64())])
 DUPS_SCHEMA = pa.schema([("part", pa.int32()), ("row", pa.int64()), ("rep_part", pa.int32()),
                          ("rep_row", pa.int64())])
-_SPACE = r"[\s\p{Z}]+"
 
 
 def normalize(texts: pa.Array) -> pa.Array:
-    """Whitespace runs (Unicode spaces too) become one space; ends trimmed. Vectorized in Arrow."""
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, _SPACE, " "))
+    """Whitespace runs (Unicode whitespace: ASCII, Zs, Zl, Zp, NEL) become one space; ends trimmed; null -> "".
+
+    Arrow's split-and-join: twice as fast as a regex replace, and no copy to Python strings.
+    """
+    return pc.binary_join(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(texts.fill_null(""))), " ")
 
 
 def keys(texts: pa.Array) -> np.ndarray:
-    """(n, 2) uint64: the xxh3-128 digest of each normalized text."""
-    out = np.empty((len(texts), 2), dtype=np.uint64)
-    for i, text in enumerate(normalize(texts).to_pylist()):
-        d = xxhash.xxh3_128_intdigest(text.encode("utf-8"))
+    """(n, 2) uint64: the xxh3-128 digest of each normalized text, hashed straight from Arrow's buffer."""
+    norm = normalize(texts)
+    if isinstance(norm, pa.ChunkedArray):
+        norm = norm.combine_chunks()
+    out = np.empty((len(norm), 2), dtype=np.uint64)
+    if not len(norm):
+        return out
+    offsets = np.frombuffer(norm.buffers()[1], np.int32)[norm.offset:norm.offset + len(norm) + 1].tolist()
+    data = memoryview(norm.buffers()[2] or b"")
+    digest = xxhash.xxh3_128_intdigest
+    for i in range(len(norm)):
+        d = digest(data[offsets[i]:offsets[i + 1]])
         out[i, 0], out[i, 1] = d >> 64, d & 0xFFFFFFFFFFFFFFFF
     return out
 
@@ -48,24 +59,25 @@ def prefix_of(h1: np.ndarray, shards: int) -> np.ndarray:
 
 
 def write_keys(plan: Plan, part: int, key: np.ndarray, rows: np.ndarray) -> list[int]:
-    """Write one partition's keys into its prefix files (every file, empty ones too); rows per file."""
+    """Write one partition's keys, one row group per prefix shard (empty ones too); rows per shard."""
     shards = plan.config.prefix_shards
     prefix = prefix_of(key[:, 0], shards)
     order = np.argsort(prefix, kind="stable")
     bounds = np.searchsorted(prefix[order], np.arange(shards + 1))
-    counts = []
+    groups = []
     for k in range(shards):
         idx = order[bounds[k]:bounds[k + 1]]
-        table = pa.table({"h1": key[idx, 0], "h2": key[idx, 1], "part": np.full(len(idx), part, np.int32),
-                          "row": rows[idx]}, schema=KEY_SCHEMA)
-        tables.write(table, plan.exact_url(k, part))
-        counts.append(len(idx))
-    return counts
+        groups.append(pa.table({"h1": key[idx, 0], "h2": key[idx, 1], "part": np.full(len(idx), part, np.int32),
+                                "row": rows[idx]}, schema=KEY_SCHEMA))
+    tables.write_groups(groups, KEY_SCHEMA, plan.exact_url(part))
+    return [g.num_rows for g in groups]
 
 
 def find_duplicates(plan: Plan, prefix: int) -> dict[str, int]:
     """One prefix shard: group equal keys over every partition, write each non-first member with its rep."""
-    table = tables.concat([tables.read(plan.exact_url(prefix, p)) for p in plan.partitions], KEY_SCHEMA)
+    shards = plan.config.prefix_shards
+    table = tables.concat([tables.read_group(plan.exact_url(p), prefix, shards) for p in plan.partitions],
+                          KEY_SCHEMA)
     h1, h2 = table["h1"].to_numpy(), table["h2"].to_numpy()
     part, row = table["part"].to_numpy().astype(np.int32), table["row"].to_numpy()
     order = np.lexsort((row, part, h2, h1))  # run order within each key group

@@ -3,7 +3,8 @@
 Words: lowercased text split on whitespace, with punctuation stripped from each word (words of
 punctuation only are dropped); CJK, Thai, Lao, Khmer and Myanmar characters count as one word each
 (those scripts do not separate words by spaces), so no script is left without shingles. Arrow does
-the splitting over the whole batch; each distinct word of the batch is cleaned and hashed once (xxh3-64);
+the splitting over the whole batch; each distinct word of the batch is cleaned and hashed once (a
+vectorized polynomial hash over its UTF-8 bytes, then splitmix64);
 shingles of ``k`` consecutive words are combined from the word hashes with numpy; a document with
 fewer than ``k`` words is one shingle. ``rensa``'s RMinHash (Rust) turns the flat shingle hashes into
 the signature matrix, and each band of ``rows`` values is folded into one 64-bit band key.
@@ -11,11 +12,12 @@ the signature matrix, and each band of ``rows`` values is folded into one 64-bit
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import rensa
-import xxhash
 
 _ONE_CHAR_WORDS = r"([\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}])"
 _NOT_WORD = r"[^\p{L}\p{N}\p{M}_]+"
@@ -33,6 +35,40 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def word_hashes(words: pa.Array) -> np.ndarray:
+    """uint64 hash of each string, from its UTF-8 bytes with numpy (no Python loop): sum of byte_i * P^i
+    (wrapping), salted with the length and finished by splitmix64. Empty strings hash alike (and are dropped)."""
+    if isinstance(words, pa.ChunkedArray):
+        words = words.combine_chunks()
+    n = len(words)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    off_type = np.int64 if words.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(words.buffers()[1], off_type)[words.offset:words.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(words.buffers()[2] or b"", np.uint8)[offsets[0]:offsets[-1]]
+    offsets -= offsets[0]
+    lengths = np.diff(offsets)
+    position = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    power = _powers(int(lengths.max()))
+    terms = (data.astype(np.uint64) + np.uint64(1)) * power[position]
+    sums = np.zeros(n, np.uint64)
+    nonempty = lengths > 0
+    if len(data):
+        sums[nonempty] = np.add.reduceat(terms, offsets[:-1][nonempty])
+    return _mix(sums ^ _mix(lengths.astype(np.uint64) + _MUL))
+
+
+def _powers(n: int) -> np.ndarray:
+    """_MUL ** i for i < n, wrapping in uint64."""
+    out = np.ones(max(n, 1), np.uint64)
+    step = 1
+    while step < n:  # doubling: out[step:2 step] = out[:step] * _MUL ** step
+        block = min(step, n - step)
+        out[step:step + block] = out[:block] * (out[step - 1:step] * _MUL)  # arrays wrap silently
+        step += block
+    return out
+
+
 def words(texts: pa.Array) -> pa.ListArray:
     """Each text lowercased and split on whitespace (CJK/Thai/...: also around each character), by Arrow."""
     lowered = pc.utf8_lower(texts.fill_null(""))
@@ -47,7 +83,7 @@ def shingles(texts: pa.Array, k: int) -> tuple[np.ndarray, np.ndarray]:
     # Punctuation is stripped from the batch's distinct words only (cheap): "world!" == "world";
     # words of punctuation only ("=", "--", "#") are dropped, like the empty strings splitting leaves.
     vocab = pc.replace_substring_regex(encoded.dictionary, _NOT_WORD, "")
-    vocab_hash = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in vocab.to_pylist()), np.uint64, count=len(vocab))
+    vocab_hash = word_hashes(vocab)
     vocab_keep = pc.greater(pc.binary_length(vocab), 0).to_numpy(zero_copy_only=False)
     indices = encoded.indices.to_numpy()
     nonempty = vocab_keep[indices]
@@ -89,7 +125,8 @@ def signatures(texts: pa.Array, k: int, num_perm: int, seed: int) -> tuple[np.nd
     if len(texts) == 0:
         return np.zeros((0, num_perm), np.uint32), np.zeros(0, bool)
     matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(tokens, row_offsets, num_perm, seed)
-    sig = np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(len(texts), num_perm)
+    sig = np.fromiter(itertools.chain.from_iterable(matrix.to_rows()), np.uint32,
+                      count=len(texts) * num_perm).reshape(len(texts), num_perm)
     return sig, np.diff(row_offsets) > 0
 
 

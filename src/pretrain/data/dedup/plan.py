@@ -34,17 +34,16 @@ class Plan:
     def source(self, part: int) -> str:
         return self.filtered[part].extra["partition"]["source"]
 
-    def exact_url(self, prefix: int, part: int) -> str:
-        return self.url("exact", f"prefix-{prefix:04d}", f"p-{part:05d}.parquet")
+    def exact_url(self, part: int) -> str:
+        """One partition's exact keys: row group ``k`` holds prefix shard ``k`` (read alone by its unit)."""
+        return self.url("exact", "keys", f"p-{part:05d}.parquet")
 
     def exact_dups_url(self, prefix: int) -> str:
         return self.url("exact", "duplicates", f"prefix-{prefix:04d}.parquet")
 
     def signatures_url(self, part: int) -> str:
+        """One partition's rows, lengths, signatures and one column of keys per LSH band (read by column)."""
         return self.url("signatures", f"p-{part:05d}.parquet")
-
-    def band_url(self, band: int, part: int) -> str:
-        return self.url("bands", f"band-{band:03d}", f"p-{part:05d}.parquet")
 
     def pairs_url(self, band: int) -> str:
         return self.url("pairs", f"band-{band:03d}.parquet")

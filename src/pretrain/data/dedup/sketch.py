@@ -1,10 +1,16 @@
 """Stage 1, per partition: read its kept documents once; write exact keys, MinHash signatures, band keys.
 
-Streams the partition's shards in record batches. What it holds until the end is per partition and
-small (16 bytes of key, 8 per band, per document); signatures are streamed to their file.
+Streams the partition's shards in record batches. Two files per partition, whatever the number of
+bands and prefix shards (small files are what made this stage slow): the signatures file, streamed
+batch by batch, holds each document's row, length, signature and one column per LSH band (the
+bucket stage of band ``b`` reads only column ``band_column(b)``); the exact keys file holds one row
+group per prefix shard. What it holds until the end is per partition and small: 24 bytes of exact
+key and row per document.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pyarrow as pa
@@ -12,16 +18,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pretrain import storage
-from pretrain.data.dedup import exact, minhash, tables
+from pretrain.data.dedup import exact, minhash
 from pretrain.data.dedup.plan import Plan
 from pretrain.data.documents import iter_batches
 
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("part", pa.int32()), ("row", pa.int64())])
 
 
-def signature_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([("row", pa.int64()), ("length", pa.int64()),
-                      ("sig", pa.list_(pa.uint32(), num_perm))])
+def band_column(band: int) -> str:
+    return f"band_{band:03d}"
+
+
+def signature_schema(num_perm: int, bands: int) -> pa.Schema:
+    return pa.schema([("row", pa.int64()), ("length", pa.int64()), ("sig", pa.list_(pa.uint32(), num_perm))]
+                     + [(band_column(b), pa.uint64()) for b in range(bands)])
 
 
 def sketch_partition(plan: Plan, part: int) -> dict[str, int]:
@@ -29,10 +39,16 @@ def sketch_partition(plan: Plan, part: int) -> dict[str, int]:
     if (done := plan.done("sketch", part)) is not None:
         return done.stats
     cfg = plan.config
-    keys, rows, bands, band_rows = [], [], [], []
+    keys, rows = [], []
     stats = {"documents": 0, "without_shingles": 0}
-    with storage.atomic_path(plan.signatures_url(part)) as tmp:
-        writer = pq.ParquetWriter(tmp, signature_schema(cfg.num_perm), compression="zstd")
+    schema = signature_schema(cfg.num_perm, cfg.bands)
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if cfg.fuzzy:  # no signatures file when fuzzy dedup is off
+            tmp = stack.enter_context(storage.atomic_path(plan.signatures_url(part)))
+            # Signatures and band keys are random bits: compressing them costs time and saves nothing.
+            writer = stack.enter_context(pq.ParquetWriter(
+                tmp, schema, compression={n: "zstd" if n in ("row", "length") else "none" for n in schema.names}))
         offset = 0
         for shard in plan.filtered[part].shards:
             for batch in iter_batches(shard.url, columns=["text"]):
@@ -42,26 +58,21 @@ def sketch_partition(plan: Plan, part: int) -> dict[str, int]:
                 if cfg.exact:
                     keys.append(exact.keys(texts))
                     rows.append(row)
-                if cfg.fuzzy:
+                if writer is not None:
                     sig, has = minhash.signatures(texts, cfg.shingle_size, cfg.num_perm, cfg.seed)
                     stats["without_shingles"] += int((~has).sum())
                     lengths = pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False)
-                    flat = pa.array(sig[has].reshape(-1), pa.uint32())
-                    writer.write_table(pa.table({
-                        "row": row[has], "length": lengths[has].astype(np.int64),
-                        "sig": pa.FixedSizeListArray.from_arrays(flat, cfg.num_perm),
-                    }))
-                    bands.append(minhash.band_keys(sig[has], cfg.bands, cfg.rows))
-                    band_rows.append(row[has])
-        writer.close()
+                    sig = sig[has]
+                    band = minhash.band_keys(sig, cfg.bands, cfg.rows)
+                    columns = [pa.array(row[has]), pa.array(lengths[has].astype(np.int64)),
+                               pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()),
+                                                                 cfg.num_perm)]
+                    writer.write_table(pa.Table.from_arrays(columns + list(band.T), schema=schema))
+        if writer is not None:
+            writer.close()  # before atomic_path moves the file into place
         stats["documents"] = offset
     if cfg.exact:
         exact.write_keys(plan, part, _stack(keys, (0, 2), np.uint64), _stack(rows, (0,), np.int64))
-    if cfg.fuzzy:
-        key, row = _stack(bands, (0, cfg.bands), np.uint64), _stack(band_rows, (0,), np.int64)
-        for b in range(cfg.bands):
-            tables.write(pa.table({"key": key[:, b], "part": np.full(len(row), part, np.int32), "row": row},
-                                  schema=BAND_SCHEMA), plan.band_url(b, part))
     plan.mark("sketch", part, stats)
     return stats
 
