@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pydoc
+import random
 import sysconfig
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from pretrain.config import FilterConfig, RecipeError, SourceConfig, validate
 from pretrain.data import documents
-from pretrain.data.filters import c4, code, fineweb, gopher, profiles
+from pretrain.data.filters import base, c4, code, fineweb, gopher, profiles
 from pretrain.data.filters.base import Doc
 from pretrain.data.filters.step import Stats, chain_for, filter_batch
 
@@ -77,8 +78,8 @@ def test_gopher_repetition_rules():
 def test_repeated_ngrams_are_counted_in_characters():
     doc = Doc("alpha beta gamma delta epsilon zeta " * 4)
     # every 5-gram after the first occurrence of the 6-word cycle repeats: words 6..23 are covered
-    assert gopher._dup_ngram_chars(doc, 5) == sum(len(w) for w in doc.words[6:])
-    assert gopher._top_ngram_chars(doc, 2, published=False) == len("alpha beta") * 4
+    assert gopher._dup_ngram_chars(gopher._Words.of(doc, False), 5) == sum(len(w) for w in doc.words[6:])
+    assert gopher._top_ngram_chars(gopher._Words.of(doc, False), 2, published=False) == len("alpha beta") * 4
 
 
 def test_c4_rules_and_line_removal():
@@ -259,3 +260,80 @@ def test_filter_shard_writes_dropped_shard_and_per_rule_bytes(tmp_path):
     assert dropped[0]["reason"] == "min_chars" and dropped[0]["value"] == "4"
     assert out.extra["partition"] == part and out.extra["ingest_stats"] == {"documents": 3}
     assert out.extra["profile"] == "web"
+
+
+# -- the published variant as datatrove 0.10 has it ------------------------------------------------------------
+SPACY_SAMPLE = ("He said: 'It is.' Foo.Bar x.y U.S. AB. A. re-use 3-tuple 1,000 a,b key=value http://x.org/a/b?c=1). "
+                "e.g., (i.e. this) foo): can't won't it's John's you're, cannot id... well-known os.path.join(a, b) "
+                "[x] 5+ +3")
+# what spaCy 3's blank English tokenizer yields for SPACY_SAMPLE (the words datatrove's Gopher rules count)
+SPACY_WORDS = ["He", "said", ":", "'", "It", "is", ".", "'", "Foo", ".", "Bar", "x.y", "U.S.", "AB", ".", "A.", "re",
+               "-", "use", "3", "-", "tuple", "1,000", "a", ",", "b", "key", "=", "value", "http://x.org/a/b?c=1",
+               ")", ".", "e.g.", ",", "(", "i.e.", "this", ")", "foo", "):", "ca", "n't", "wo", "n't", "it", "'s",
+               "John", "'s", "you", "'re", ",", "can", "not", "i", "d", "...", "well", "-", "known", "os.path.join(a",
+               ",", "b", ")", "[", "x", "]", "5", "+", "+3"]
+
+
+def test_published_words_follow_spacys_english_tokenizer():
+    assert base.spacy_words(SPACY_SAMPLE) == SPACY_WORDS
+    assert base.spacy_words("") == [] and base.spacy_words("  \n\t ") == []
+    doc = Doc("The cat (2024) sat ... on __init__ -- ok")
+    words, non_symbol, chars, alpha = doc.spacy_counts
+    assert doc.spacy_words == ["The", "cat", "(", "2024", ")", "sat", "...", "on", "_", "_", "init", "_", "_", "--",
+                               "ok"]  # spaCy's output: "_" is an affix, split one at a time
+    assert (words, non_symbol, alpha) == (15, 7, 6)  # "(", ")", "...", four "_", "--" are punctuation only
+    assert chars == len("The" "cat" "2024" "sat" "on" "init" "ok")
+    chinese = Doc("今天天气很好我们一起去公园散步")  # scripts without spaces keep one word per character
+    assert len(chinese.spacy_words) == 15
+
+
+def datatrove_dup_ngram_chars(words: list[str], n: int) -> int:
+    """datatrove 0.10's find_all_duplicate, verbatim in substance: the reference for the published variant."""
+    unique, repeated, idx = set(), 0, 0
+    while idx < len(words) - n + 1:
+        gram = "".join(words[idx:idx + n])
+        if gram in unique:
+            repeated += len(gram)
+            idx += n
+        else:
+            unique.add(gram)
+            idx += 1
+    return repeated
+
+
+def test_published_duplicate_ngrams_match_datatrove_and_never_exceed_the_covered_characters():
+    rng = random.Random(7)
+    vocab = ["alpha", "be", "cee", "delta", "e", "foxtrot"]
+    for trial in range(60):
+        words = [rng.choice(vocab[: 2 + trial % 5]) for _ in range(rng.randint(5, 120))]
+        doc = Doc(" ".join(words))
+        w = gopher._Words.of(doc, True)
+        for n in (5, 7, 10):
+            want = datatrove_dup_ngram_chars(words, n)
+            assert want <= gopher._dup_ngram_chars(w, n)  # the bound that lets most documents skip the walk
+            got = gopher._dup_ngram_greedy(w, n, -1.0, len(doc.text))  # limit below 0: always walk
+            assert (got or 0.0) * len(doc.text) == pytest.approx(want), (words, n)
+
+
+def test_published_line_ratios_count_splitlines_lines():
+    rules = gopher.quality_rules(FilterConfig().profiles.web.gopher_quality.model_copy(update={"variant": "published"}))
+    bullets = {r.name: r for r in rules}["gopher_quality.max_bullet_lines_ratio"]
+    ellipsis = {r.name: r for r in rules}["gopher_quality.max_ellipsis_lines_ratio"]
+    for text in ("- a\n- b\n", "- a\r\n- b\rc", "x\n\n  • y\n- z", "a...\nb …  \nc", "- a\u2028- b\u2029c"):
+        lines = text.splitlines()
+        share = sum(ln.lstrip().startswith(("•", "-")) for ln in lines) / len(lines)
+        assert (bullets.judge(Doc(text)) is not None) == (share > 0.9), text
+        share = sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines)
+        assert (ellipsis.judge(Doc(text)) is not None) == (share > 0.3), text
+
+
+def test_published_quality_counts_spacy_words_and_keeps_cjk():
+    cfg = FilterConfig().profiles.web.gopher_quality.model_copy(update={"variant": "published"})
+    rules = gopher.quality_rules(cfg)
+    # 60 words of which 40% are punctuation-only: datatrove's alphabetic-word ratio is 0.6 (< 0.8)
+    text = " ".join(["the cat sat ( on ) mat -- and"] * 8)
+    assert judge(rules, text)["gopher_quality.min_alpha_words_ratio"] == pytest.approx(48 / 72)
+    chinese = "。".join(["今天天气很好我们一起去公园散步然后吃午饭"] * 30) + "。"
+    found = judge(rules, chinese)
+    assert not any(k.startswith(("gopher_quality.min_doc", "gopher_quality.min_avg", "gopher_quality.min_stop"))
+                   for k in found), found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +30,130 @@ _SYMBOL_RUN_RE = re.compile(r"[^\w\s]+")
 _NO_ALPHA_WORD_RE = re.compile(r"(?<!\w)[\d_]+(?!\w)")
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _NO_LETTER_TOKEN_RE = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
+# datatrove's PUNCTUATION characters (a word made only of them is a "symbol word"), as one character class
+_DT_PUNCTUATION = re.escape("!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
+                            "‼⁇⁈⁉︒﹒﹖﹗｡؟۔।॥።፧܂܁߹၊။។៕") + "\x00-\x08\x0b\x0c\r\x0e-\x1f\x7f-\x9f"
+# over the words one per line between newlines (a leading literal: the matcher jumps from newline to newline)
+# a word without a letter: its text when made only of punctuation (a "symbol word"), else ""
+_NO_LETTER_WORD_RE = re.compile(f"\n(?:([{_DT_PUNCTUATION}]+)|(?:[^\\w\n]|[\\d_])+)(?=\n)")
 
 # Character classes of the per-line counts.
 OTHER, SPACE, ALPHA, DIGIT, CODE, PUNCT, NEWLINE = range(7)
 N_CLASSES = 7
 CODE_SYMBOLS = "{}[]()<>=;_*/\\|&^%$#@~+`"
 CODE_LINE_SYMBOL_RATIO = 0.1  # a line with at least this share of code symbols among its visible characters
+
+
+# -- spaCy-like words (the published Gopher rules) ------------------------------------------------------------
+# datatrove's Gopher rules count words as spaCy's blank English tokenizer splits them. These tables and one
+# regular expression reproduce its rules (affixes split one character at a time, infixes between letters,
+# "n't" and "'s", its abbreviation and contraction exceptions, URLs whole) at C speed: within a few tokens
+# per page of spaCy on technical pages, so the published thresholds mean what they mean there.
+_ABBREVIATION_LIST = (
+    "Adm. Ak. Ala. Apr. Ariz. Ark. Aug. Bros. Calif. Co. Colo. Conn. Corp. D.C. Dec. Del. Dr. E.G. E.g. Feb. Fla. "
+    "Ga. Gen. Gov. I.E. I.e. Ia. Id. Ill. Inc. Ind. Jan. Jr. Jul. Jun. Kan. Kans. Ky. La. Ltd. Mar. Mass. Md. "
+    "Messrs. Mich. Minn. Miss. Mo. Mont. Mr. Mrs. Ms. Mt. N.C. N.D. N.H. N.J. N.M. N.Y. Neb. Nebr. Nev. Nov. Oct. "
+    "Okla. Ore. Pa. Ph.D. Prof. Rep. Rev. S.C. Sen. Sep. Sept. St. Tenn. Va. Wash. Wis. a.m. co. e.g. i.e. p.m. "
+    "v.s. vs. and/or w/o")
+# contractions written without an apostrophe that spaCy splits (word:cut[,cut])
+_UNSPACED_CONTRACTIONS = (
+    "aint:2 arent:3 cannot:3 cant:2 cantve:2,4 couldnt:5 couldntve:5,7 couldve:5 darent:4 didnt:3 didntve:3,5 "
+    "doesnt:4 doesntve:4,6 dont:2 dontve:2,4 gonna:3 gotta:3 hadnt:3 hadntve:3,5 hasnt:3 havent:4 hed:2 hedve:2,3 "
+    "hellve:2,4 hes:2 howd:3 howdve:3,4 howll:3 howllve:3,5 howre:3 hows:3 howve:3 id:1 idve:1,2 illve:1,3 im:1 "
+    "ima:1,2 isnt:2 itd:2 itdve:2,3 itll:2 itllve:2,4 ive:1 maynt:3 mayntve:3,5 mightnt:5 mightntve:5,7 mightve:5 "
+    "mustnt:4 mustntve:4,6 mustve:4 neednt:4 needntve:4,6 notve:3 oughtnt:5 oughtntve:5,7 shant:3 shantve:3,5 "
+    "shedve:3,4 shellve:3,5 shes:3 shouldnt:6 shouldntve:6,8 shouldve:6 thatd:4 thatdve:4,5 thatll:4 thatllve:4,6 "
+    "thats:4 thered:5 theredve:5,6 therell:5 therellve:5,7 therere:5 theres:5 thereve:5 thesed:5 thesedve:5,6 "
+    "thesell:5 thesellve:5,7 thesere:5 theseve:5 theyd:4 theydve:4,5 theyll:4 theyllve:4,6 theyre:4 theyve:4 "
+    "thisd:4 thisdve:4,5 thisll:4 thisllve:4,6 thiss:4 thosed:5 thosedve:5,6 thosell:5 thosellve:5,7 thosere:5 "
+    "thoseve:5 wasnt:3 wed:2 wedve:2,3 wellve:2,4 werent:4 weve:2 whatd:4 whatdve:4,5 whatll:4 whatllve:4,6 "
+    "whatre:4 whats:4 whatve:4 whend:4 whendve:4,5 whenll:4 whenllve:4,6 whenre:4 whens:4 whenve:4 whered:5 "
+    "wheredve:5,6 wherell:5 wherellve:5,7 wherere:5 wheres:5 whereve:5 whod:3 whodve:3,4 wholl:3 whollve:3,5 "
+    "whos:3 whove:3 whyd:3 whydve:3,4 whyll:3 whyllve:3,5 whyre:3 whys:3 whyve:3 wont:2 wontve:2,4 wouldnt:5 "
+    "wouldntve:5,7 wouldve:5 yall:1 youd:3 youdve:3,4 youll:3 youllve:3,5 youre:3 youve:3")
+_PRONOUN_LIST = "i you he she it we they that there what who where when why how this these those"
+_QUOTES = "'\"”“`‘´’‚„»«「」『』（）〔〕【】《》〈〉⟦⟧"
+_ICONS = ("\u00a6\u00a9\u00ae\u00b0\u2100-\u214f\u2190-\u21ff\u2300-\u23ff\u2500-\u27bf\u2b00-\u2bff"
+          "\U0001f000-\U0001faff")
+_PUNCT = "…,:;!?¿؟¡()\\[\\]{}<>_#*&。？！，、；：～·।،۔؛٪"
+_SUFFIX = _PUNCT + _QUOTES + _ICONS + "—–"
+_PREFIX = _PUNCT + _QUOTES + _ICONS + "§%=—–$£€¥₽₹₩₪₫₴₿"
+_LETTER = r"[^\W\d_]"
+_INFIX = (  # each branch starts with its character (the matcher skips a branch on it) and looks behind after
+    r"\.\.+|…"
+    r"|[+\-*^](?<=[0-9].)(?=[0-9-])"
+    rf"|\.(?<=[a-zß-öø-ÿ{_QUOTES}]\.)(?=[A-ZÀ-ÖØ-Þ{_QUOTES}])"
+    rf"|,(?<={_LETTER},)(?={_LETTER})"
+    rf"|---(?<=[^\W_]---)(?={_LETTER})|--(?<=[^\W_]--)(?={_LETTER})|——(?<=[^\W_]——)(?={_LETTER})"
+    rf"|[-–—~](?<=[^\W_].)(?={_LETTER})"
+    rf"|[:<>=/](?<=[^\W_].)(?={_LETTER})")
+_CHUNK_END = rf"(?=[{_SUFFIX}.]*(?:\s|$))"
+_CONTRACTION = rf"(?:n['’]t(?<={_LETTER}n['’]t)|['’][sS](?<={_LETTER}['’][sS])){_CHUNK_END}"
+_STOP = rf".…+\-*^,–—~:<>=/'’{_SUFFIX}"
+_CORE = (rf"[^\s{_PREFIX}](?:[^\s{_STOP}n]++|n(?!['’]t{_CHUNK_END})|(?!{_INFIX}|{_CONTRACTION})[{_STOP}])*"
+         rf"(?<![{_SUFFIX}])(?<![0-9a-zß-öø-ÿ%²\-+{_PUNCT}{_QUOTES}]\.)(?<![A-Z][A-Z]\.)(?<![0-9]\+)")
+_URL = rf"(?:https?|ftp)://[^\s]*[^\s{_SUFFIX}.]"
+_SPECIAL = "|".join(re.escape(a) for a in sorted(_ABBREVIATION_LIST.split(), key=len, reverse=True)) + r"|[a-zäöü]\."
+_EMOTICONS = rf"\):|:\)|''|’’|:\*|:\]|:'\)|:\(|\(:|:/|:-\)|;\)|<3|=\)|:>|8\)|(?:[:=;]-?[DPp3]){_CHUNK_END}"
+_AFFIX = f"[{_PREFIX}{_SUFFIX}]"
+_SPECIAL_GATE = rf"(?<![^\s{_PREFIX}])[A-Za-zäöü][A-Za-z]{{0,5}}[./][A-Za-z./]{{0,4}}{_CHUNK_END}"
+_AFFIX_ALONE = r"(?![):]:|:[)*\]'’(/>\-DPp3]|''|’’|\(:|;\)|<3|=\)|['’][sS]|——)"  # not the start of a longer token
+SPACY_TOKEN_RE = re.compile(
+    # the common cases first: a plain word before a space (or before closing punctuation), a lone affix character
+    r"[^\W_][^\W_]*+(?=[,;:!?)\]}]*(?:\s|$))"
+    r"|[,!?\[\]{}_#*&\"`“”‘´‚„»«¿¡。？！，、；：～·।،۔؛٪§%$£€¥]"
+    r"|\.(?=\s|$)"  # a full stop before a space
+    rf"|{_AFFIX_ALONE}{_AFFIX}"
+    rf"|(?={_SPECIAL_GATE})(?:{_SPECIAL}){_CHUNK_END}"
+    rf"|{_URL}|{_CONTRACTION}|{_INFIX}|{_EMOTICONS}"
+    rf"|\+(?![0-9])|{_AFFIX}|{_CORE}|\S")
+
+
+def _contraction_splits() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in _UNSPACED_CONTRACTIONS.split():
+        word, cuts = item.split(":")
+        bounds = [0, *map(int, cuts.split(",")), len(word)]
+        out[word] = [word[a:b] for a, b in itertools.pairwise(bounds)]
+    for p in _PRONOUN_LIST.split():
+        for s in ("d", "ll", "re", "ve", "m"):
+            for q in "'’":
+                out[p + q + s] = [p, q + s]
+    for k in list(out):
+        out[k.capitalize()] = [out[k][0].capitalize(), *out[k][1:]]
+    return out
+
+
+_SPLITS = {k: "\n".join(v) for k, v in _contraction_splits().items()}
+_SPLIT_KEYS = frozenset(_SPLITS)
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """An alternation of ``words`` as a trie (each branch starts with its own character: the matcher skips fast)."""
+    children: dict[str, list[str]] = {}
+    end = False
+    for w in words:
+        if w:
+            children.setdefault(w[0], []).append(w[1:])
+        else:
+            end = True
+    branches = [re.escape(c) + _trie_pattern(rest) for c, rest in sorted(children.items())]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 and not end else "(?:" + "|".join(branches) + ")"
+    return body + "?" if end else body
+
+
+_SPLIT_RE = re.compile("^" + _trie_pattern(list(_SPLITS)) + "$", re.MULTILINE)
+
+
+def spacy_words(text: str) -> list[str]:
+    """The words spaCy's blank English tokenizer yields (what datatrove's Gopher rules count), whitespace dropped."""
+    words = SPACY_TOKEN_RE.findall(text)
+    if _SPLIT_KEYS.isdisjoint(words):
+        return words
+    # a few words split further ("cannot" -> "can" "not"): one substitution over the words, one per line
+    return _SPLIT_RE.sub(lambda m: _SPLITS[m.group(0)], "\n".join(words)).split("\n")
 
 
 @functools.cache
@@ -135,7 +254,7 @@ class Doc:
     @functools.cached_property
     def spaced(self) -> bool:
         """Whether the text is mostly in scripts that separate words with spaces (word-length rules apply)."""
-        return self.unspaced_chars <= 0.3 * max(1, self.n_word_chars)
+        return not self.unspaced_chars or self.unspaced_chars <= 0.3 * max(1, self.n_word_chars)
 
     @functools.cached_property
     def words(self) -> list[str]:
@@ -186,6 +305,23 @@ class Doc:
     @functools.cached_property
     def word_set_lower(self) -> frozenset[str]:
         return frozenset(self.words_lower)
+
+    # -- spaCy-like words (published Gopher rules) ---------------------------------------------------------
+    @functools.cached_property
+    def spacy_words(self) -> list[str]:
+        """Words as datatrove's Gopher rules count them (spaCy's English tokenizer); CJK/Thai: ``words``."""
+        return spacy_words(self.text) if self.spaced else self.words
+
+    @functools.cached_property
+    def spacy_counts(self) -> tuple[int, int, int, int]:
+        """(words, words with a character that is not punctuation, their characters, words with a letter)."""
+        words = self.spacy_words
+        if not words:
+            return 0, 0, 0, 0
+        no_letter = _NO_LETTER_WORD_RE.findall("\n" + "\n".join(words) + "\n")
+        n, n_symbols = len(words), len(no_letter) - no_letter.count("")
+        chars = sum(map(len, words)) - sum(map(len, no_letter))
+        return n, n - n_symbols, chars, n - len(no_letter)
 
     # -- language ------------------------------------------------------------------------------------------
     @functools.cached_property
