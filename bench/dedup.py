@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pretrain.data.samples.copies import rename_identifiers, truncate, word_edits
+
 TARGET = 10.0  # the issue's goal: our signature docs/s at least this many times datatrove's
 GOAL_QUALITY = 0.95
 SOURCES = ("code", "docs")
@@ -149,30 +151,6 @@ def real_documents(seed: int) -> list[tuple[str, str]]:
         rng.shuffle(docs)
     longest = max(map(len, by_origin.values()))
     return [(origin, docs[i]) for i in range(longest) for origin, docs in by_origin.items() if i < len(docs)]
-
-
-def word_edits(text: str, rng: random.Random, fraction: float) -> str:
-    """Replace ``fraction`` of the words (whitespace-separated tokens; the whitespace stays as it was)."""
-    parts = re.split(r"(\s+)", text)
-    words = [i for i, p in enumerate(parts) if p and not p.isspace()]
-    vocab = ["alpha", "beta", "gamma", "value", "system", "object", "number", "method", "result", "thing"]
-    for i in rng.sample(words, max(1, round(len(words) * fraction))):
-        parts[i] = rng.choice(vocab)
-    return "".join(parts)
-
-
-def truncate(text: str, fraction: float = 0.1) -> str:
-    cut = int(len(text) * (1 - fraction))
-    return text[: text.rfind(" ", 0, cut) if " " in text[:cut] else cut]
-
-
-def rename_identifiers(source: str, rng: random.Random) -> str:
-    names = sorted({n for n in re.findall(r"\b[a-z_][a-z0-9_]{3,}\b", source)
-                    if n not in {"self", "return", "import", "from", "class", "def", "None", "True", "False"}})
-    counts = {n: len(re.findall(rf"\b{n}\b", source)) for n in names}
-    for name in sorted(names, key=lambda n: (-counts[n], n))[: rng.randint(2, 3)]:
-        source = re.sub(rf"\b{name}\b", name[::-1] + "_x", source)
-    return source
 
 
 def build_corpus(originals: int, copy_every: int, shared: int, seed: int) -> dict[str, Any]:

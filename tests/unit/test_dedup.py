@@ -27,6 +27,7 @@ from pretrain.data.dedup import dedup, minhash
 from pretrain.data.dedup.plan import load_plan
 from pretrain.data.documents import ShardWriter
 from pretrain.data.readers.base import Partition
+from pretrain.data.samples.copies import rename_identifiers, truncate, word_edits
 from pretrain.manifest import Manifest
 
 TEMPLATE_A = ("Example Docs | Home | Guides | API | Blog | Search\nYou are reading the documentation for version 3.\n",
@@ -98,30 +99,6 @@ def distinct(pool: list[str], limit: int, k: int = 3) -> list[str]:
                 break
     DISTINCT_SKIPPED.append(i + 1 - len(kept))
     return [pool[i] for i in kept]
-
-
-def word_edits(text: str, rng: random.Random, fraction: float) -> str:
-    """Replace ``fraction`` of the words (whitespace-separated tokens; the whitespace stays as it was)."""
-    parts = re.split(r"(\s+)", text)
-    words = [i for i, p in enumerate(parts) if p and not p.isspace()]
-    vocab = ["alpha", "beta", "gamma", "value", "system", "object", "number", "method", "result", "thing"]
-    for i in rng.sample(words, max(1, round(len(words) * fraction))):
-        parts[i] = rng.choice(vocab)
-    return "".join(parts)
-
-
-def truncate(text: str, fraction: float = 0.1) -> str:
-    cut = int(len(text) * (1 - fraction))
-    return text[: text.rfind(" ", 0, cut) if " " in text[:cut] else cut]
-
-
-def rename_identifiers(source: str, rng: random.Random) -> str:
-    names = sorted({n for n in re.findall(r"\b[a-z_][a-z0-9_]{3,}\b", source)
-                    if n not in {"self", "return", "import", "from", "class", "def", "None", "True", "False"}})
-    counts = {n: len(re.findall(rf"\b{n}\b", source)) for n in names}
-    for name in sorted(names, key=lambda n: (-counts[n], n))[: rng.randint(2, 3)]:
-        source = re.sub(rf"\b{name}\b", name[::-1] + "_x", source)
-    return source
 
 
 def planted(n_originals: int = 240, seed: int = 0) -> dict:
