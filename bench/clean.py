@@ -3,7 +3,10 @@
 Runs with no arguments. Builds its input in a temp dir: the extracted texts (pretrain's WARC reader)
 of real pages (pydoc pages of stdlib modules, ``pretrain.data.corpus``) and of the labelled corpus of
 ``pretrain.data.samples.quality`` (real pydoc and language-reference pages, planted copies, planted
-junk: gibberish, boilerplate, link farms, repetition, short pages), written to one JSONL both sides read.
+junk: gibberish, boilerplate, link farms, repetition, short pages), plus prose that passes the quality
+rules and so reaches the repetition and C4 rules (label ``prose``: the language reference's sections,
+the Wikipedia sample's cleaned articles, long stdlib docstrings) and planted prose documents that each
+trip one repetition, C4 or quality rule (label ``planted``), written to one JSONL both sides read.
 
 Three sides, each in its own process pinned to one core, alternating for ``--rounds`` rounds (medians):
 
@@ -81,8 +84,8 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- input
 
-def build_input(tmp: Path, pydoc_pages: int, seed: int) -> dict[str, Any]:
-    """One JSONL of extracted texts ({url, text, label}): the labelled quality corpus, then more pydoc pages."""
+def build_input(tmp: Path, pydoc_pages: int, seed: int, docstrings: int) -> dict[str, Any]:
+    """One JSONL of extracted texts ({url, text, label}): the labelled quality corpus, more pydoc pages, prose."""
     from pretrain.config import SourceConfig
     from pretrain.data import corpus
     from pretrain.data.readers import warc
@@ -113,7 +116,129 @@ def build_input(tmp: Path, pydoc_pages: int, seed: int) -> dict[str, Any]:
                     counts[kind.split(":")[0]] += 1
                     f.write(json.dumps({"url": row["url"], "text": row["text"], "label": kind}, ensure_ascii=False)
                             + "\n")
+        log(f"adding prose: reference sections, Wikipedia sample articles, up to {docstrings} long docstrings, "
+            "planted repetitive/boilerplate prose")
+        extra = [*reference_docs(), *wikipedia_docs(tmp / "wiki"), *docstring_docs(docstrings), *license_docs()]
+        extra += planted_docs([t for _, t, _ in extra], seed)
+        for url, text, kind in extra:
+            if url in seen:
+                continue
+            seen.add(url)
+            counts[kind.split(":")[0]] += 1
+            f.write(json.dumps({"url": url, "text": text, "label": kind}, ensure_ascii=False) + "\n")
     return {"path": str(out), "docs": len(seen), "by_label": dict(counts), "bytes": out.stat().st_size}
+
+
+def reference_docs() -> list[tuple[str, str, str]]:
+    """Each language-reference section as one document: its paragraphs joined with blank lines."""
+    from pretrain.data.samples.web import reference_sections
+
+    return [(f"ref://{i}/{title[:40]}", f"{title}\n\n" + "\n\n".join(paragraphs), "prose:reference")
+            for i, (title, paragraphs) in enumerate(reference_sections())]
+
+
+def wikipedia_docs(tmp: Path, pages: int = 50) -> list[tuple[str, str, str]]:
+    """The Wikipedia sample's articles as our reader cleans them (the wikitext markup removed)."""
+    from pretrain.config import SourceConfig
+    from pretrain.data.readers import wikipedia
+    from pretrain.data.readers.base import ReadStats
+    from pretrain.data.samples.wikipedia import write_wikipedia_dump
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = str(tmp / "enwiki-sample.xml.bz2")
+    write_wikipedia_dump(path, pages)
+    src = SourceConfig(name="w", format="wikipedia", uri=path)
+    return [(row["url"], row["text"], "prose:wikipedia")
+            for part in wikipedia.plan(src, path) for row in wikipedia.read(src, part, ReadStats())
+            if row["text"].strip()]
+
+
+def _prose_like(text: str, share: float = 0.85) -> bool:
+    """Mostly plain words (no doctest, few quoted names or symbols): picks prose, not code, by a cheap proxy."""
+    tokens = text.split()
+    plain = sum(t.strip(".,;:!?").isalpha() for t in tokens)
+    return ">>>" not in text and bool(tokens) and plain >= share * len(tokens)
+
+
+def docstring_docs(limit: int, min_words: int = 120) -> list[tuple[str, str, str]]:
+    """Long docstrings (modules, classes, functions) of the standard library's pure-Python modules."""
+    import ast
+    import inspect
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: list[tuple[str, str, str]] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef))]
+        for node in nodes:
+            doc = ast.get_docstring(node, clean=False)
+            if not doc or len(doc.split()) < min_words or not _prose_like(doc):
+                continue
+            name = getattr(node, "name", "")
+            found.append((f"doc://{path.stem}/{name}", inspect.cleandoc(doc), "prose:docstring"))
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def license_docs() -> list[tuple[str, str, str]]:
+    """The system's license texts (``/usr/share/common-licenses``): long, plain English legal prose."""
+    root = Path("/usr/share/common-licenses")
+    files = sorted(f for f in root.iterdir() if f.is_file() and not f.is_symlink()) if root.is_dir() else []
+    return [(f"license://{f.name}", f.read_text(encoding="utf-8", errors="replace"), "prose:license") for f in files]
+
+
+def planted_docs(prose: list[str], seed: int) -> list[tuple[str, str, str]]:
+    """Prose documents made to trip one repetition, C4 or quality rule each (real sentences, planted layout)."""
+    import random
+
+    rng = random.Random(seed)
+    paras = [p for t in prose for p in t.split("\n\n")
+             if 30 <= len(p.split()) <= 120 and p.rstrip()[-1:] in ".!?" and _prose_like(p, 0.9)]
+    sentences = [(x if x[-1] in ".!?" else x + ".") for p in paras
+                 for x in (" ".join(y.split()) for y in p.split(". ")) if 6 <= len(x.split()) <= 30 and _prose_like(x)]
+    rng.shuffle(paras)
+    rng.shuffle(sentences)
+    docs: list[tuple[str, str, str]] = []
+
+    def add(kind: str, text: str) -> None:
+        docs.append((f"planted://{kind}/{len(docs)}", text, f"planted:{kind}"))
+
+    for k in range(8):
+        base = paras[k * 6: k * 6 + 6]
+        # the same paragraph many times among a few others: duplicated paragraphs (count and characters)
+        add("dup_paragraphs", "\n\n".join([*base[:3], *[base[3]] * (4 + k), base[4]]))
+        # the same short lines again and again (a menu pasted into every section): duplicated lines
+        menu = ["Home", "Read the documentation", "Download the latest release", "Contact the maintainers"]
+        lines = [*sentences[k * 20: k * 20 + 12]]
+        add("dup_lines", "\n".join(line for s in lines for line in (s, *menu)))
+        # one sentence, reworded a little, repeated: duplicated and top n-grams
+        s0 = sentences[200 + k]
+        add("repeated_sentence", " ".join(f"{s0} {sentences[300 + k * 10 + j]}" for j in range(10)))
+        # one phrase over and over inside otherwise ordinary prose: the top 2-4-gram's character share
+        phrase = rng.choice(["the data model", "in this case", "of the object"])
+        add("top_ngram", " ".join(f"{w} {phrase}" for w in " ".join(base[5:6] * 2).split()[:120]))
+        # ordinary paragraphs with cookie / javascript / policy lines (C4 removes the lines and keeps the doc)
+        boiler = ["This website uses cookies to improve your experience.",
+                  "Please enable JavaScript to view this page.",
+                  "Read our privacy policy and terms of use.", "Copyright 2024. All rights reserved."]
+        add("c4_boilerplate", "\n".join([*sentences[400 + k * 8: 400 + k * 8 + 8], *boiler]))
+        # lorem ipsum filler and a code-like brace: C4's document rules
+        lorem = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod."
+        add("c4_lorem", "\n".join([*sentences[500 + k * 6: 500 + k * 6 + 6], lorem]))
+        add("c4_curly", "\n".join([*sentences[560 + k * 6: 560 + k * 6 + 6], "The mapping is written {key: value}."]))
+        # many lines without end punctuation and one sentence: too few sentences once C4 drops the lines
+        add("c4_few_sentences", "\n".join([" ".join(sentences[620 + k * 12 + j].rstrip(".").split()[:9])
+                                             for j in range(12)] + [sentences[700 + k]]))
+        # lines that end in an ellipsis, and a bullet list: Gopher quality's line rules
+        add("ellipsis_lines", "\n".join(" ".join(s.split()[:10]) + " ..." for s in sentences[720 + k * 10:
+                                                                                          730 + k * 10]))
+        add("bullet_lines", "\n".join(f"• {s}" for s in sentences[820 + k * 10: 830 + k * 10]))
+    return docs
 
 
 def read_input(path: str) -> list[dict[str, str]]:
@@ -326,6 +451,7 @@ def print_differences(diff: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pydoc-pages", type=int, default=161, help="pydoc pages of stdlib modules (real pages)")
+    parser.add_argument("--docstrings", type=int, default=150, help="long stdlib docstrings (real prose)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=2.0, help="each side repeats passes until this long")
     parser.add_argument("--seed", type=int, default=0)
@@ -351,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.input:
             data = {"path": args.input}
         else:
-            data = build_input(tmp, args.pydoc_pages, args.seed)
+            data = build_input(tmp, args.pydoc_pages, args.seed, args.docstrings)
             if args.keep_input:
                 Path(args.keep_input).write_bytes(Path(data["path"]).read_bytes())
         rows = read_input(data["path"])
