@@ -2,8 +2,8 @@
 
 A reader is a module with two functions:
 
-- ``plan(src, files) -> list[Partition]``: split the source's listed files into partitions (whole
-  files, or ranges within a file at record boundaries). Optional; the default is one per file.
+- ``plan(src, location) -> list[Partition]``: list the source and split it into partitions (whole
+  files, or ranges within a file at record boundaries, or buckets of a repository).
 - ``read(src, part, stats) -> Iterator[dict]``: stream the partition's documents as rows made with
   :func:`document`, counting every record it does not turn into a document in ``stats``.
 
@@ -115,13 +115,6 @@ class ReadStats:
         return {"records": self.records, "bytes_read": self.bytes_read, "skipped": dict(self.skipped),
                 "skipped_types": dict(self.skipped_types), "repaired": dict(self.repaired),
                 "files_skipped": dict(self.files_skipped)}
-
-
-def whole_files(src, location: str) -> list[Partition]:
-    """One partition per listed file: the default plan of formats that cannot split a file."""
-    from pretrain.data.files import list_files
-
-    return [Partition(src.name, url, rel) for url, rel in list_files(location, src.include, src.exclude)]
 
 
 def document_id(source: str, source_id: str, text: str) -> str:

@@ -205,8 +205,7 @@ def _member_records(src, data: bytes, url: str, offset: int, stats: ReadStats,
     if _record_type(data) != wanted_type(src):
         return
     stats.record()
-    head_end = data.find(b"\r\n\r\n")
-    declared = _CONTENT_LENGTH.search(data, 0, head_end + 2) if head_end > 0 else None
+    head_end, declared = _header(data)
     if declared is None:
         stats.skip("corrupt_record", url=url, offset=offset, detail="no WARC header block or Content-Length")
         return
@@ -231,10 +230,15 @@ def _record_type(data: bytes) -> str | None:
     return found.group(1).decode("ascii").lower() if found else None
 
 
+def _header(data: bytes) -> tuple[int, re.Match | None]:
+    """Where a record's WARC header block ends, and its Content-Length field (None without one)."""
+    head_end = data.find(b"\r\n\r\n")
+    return head_end, _CONTENT_LENGTH.search(data, 0, head_end + 2) if head_end > 0 else None
+
+
 def _holds_several_records(data: bytes) -> bool:
     """True when the bytes hold a whole record followed by another (a gzip stream of many records)."""
-    head_end = data.find(b"\r\n\r\n")
-    declared = _CONTENT_LENGTH.search(data, 0, head_end + 2) if head_end > 0 else None
+    head_end, declared = _header(data)
     if declared is None:
         return False
     after = head_end + 4 + int(declared.group(1)) + 4

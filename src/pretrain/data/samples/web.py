@@ -8,7 +8,6 @@ extractors can be scored on how much of it they recover.
 
 from __future__ import annotations
 
-import gzip
 import html
 import io
 import re
@@ -188,8 +187,3 @@ def _write_compressed(path: Path, data: bytes, compress: str | None) -> None:
         path.write_bytes(lzma.compress(data))
     else:
         raise ValueError(f"unknown compression {compress!r}")
-
-
-def gzip_whole(data: bytes) -> bytes:
-    """One gzip stream for a whole file (not per record), as some tools write WARCs."""
-    return gzip.compress(data)
