@@ -310,6 +310,14 @@ def _dt_ngram_rule(reason: str) -> str:
     return reason
 
 
+def _cold_start(worker: str):
+    """What forgets state that repeated passes over the same input would otherwise reuse."""
+    if worker == "datatrove":
+        return lambda: None
+    from pretrain.data.filters.base import clear_token_memo
+    return clear_token_memo
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """One side: whole passes over the input until ``--min-seconds``; verdicts of the first pass to a file."""
     if args.cpu >= 0:
@@ -330,9 +338,11 @@ def run_worker(args: argparse.Namespace) -> None:
             judge(text, url)
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+    cold_start = _cold_start(args.worker)
     passes, verdicts = 0, []
     start = time.perf_counter()
     while True:
+        cold_start()  # every pass starts with an empty token memo: repeating the input must not warm it
         if passes == 0:
             for text, url in rows:
                 reason, value, final = judge(text, url)

@@ -287,6 +287,21 @@ def test_published_words_follow_spacys_english_tokenizer():
     assert len(chinese.spacy_words) == 15
 
 
+def test_published_words_per_chunk_match_one_pass_over_the_text():
+    """spacy_words cuts at whitespace and memoizes chunks: the same tokens as the expression over the whole text."""
+    rng = random.Random(3)
+    alphabet = [*"ab1_ .,;:!?'’\"()[]{}-–—…/\\<>=+*^$%#@&\n\t\u3000\x85\xa0é漢", ":)", "n't", "'s", "e.g.", "http://"]
+    texts = [SPACY_SAMPLE, pydoc.render_doc(json, renderer=pydoc.plaintext)]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
+    base.clear_token_memo()
+    for _ in range(2):  # cold, then every chunk from the memo
+        for text in texts:
+            whole = base.SPACY_TOKEN_RE.findall(text)
+            if not base._SPLIT_KEYS.isdisjoint(whole):
+                continue  # contraction splits run after tokenizing, the same on both paths
+            assert base.spacy_words(text) == whole, repr(text)
+
+
 def datatrove_dup_ngram_chars(words: list[str], n: int) -> int:
     """datatrove 0.10's find_all_duplicate, verbatim in substance: the reference for the published variant."""
     unique, repeated, idx = set(), 0, 0

@@ -29,6 +29,8 @@ WORD_CJK_RE = re.compile(f"[{UNSPACED}]|[^\\W{UNSPACED}]+")
 _SYMBOL_RUN_RE = re.compile(r"[^\w\s]+")
 _NO_ALPHA_WORD_RE = re.compile(r"(?<!\w)[\d_]+(?!\w)")
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
+_LETTER_RE = re.compile(r"[^\W\d_]")
+_ASCII_LETTER_RE = re.compile("[A-Za-z]")
 _NO_LETTER_TOKEN_RE = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 # datatrove's PUNCTUATION characters (a word made only of them is a "symbol word"), as one character class
 _DT_PUNCTUATION = re.escape("!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
@@ -144,12 +146,41 @@ def _trie_pattern(words: list[str]) -> str:
     return body + "?" if end else body
 
 
+_find_tokens = SPACY_TOKEN_RE.findall
 _SPLIT_RE = re.compile("^" + _trie_pattern(list(_SPLITS)) + "$", re.MULTILINE)
+
+
+# Tokens of chunks (whitespace-free strings) that are not a plain word: "end.", "(see", "x=1,"... Real text repeats
+# them (Zipf), so a bounded memo saves most of the expression's work; it starts over when full.
+_CHUNK_TOKENS: dict[str, list[str]] = {}
+_CHUNK_MEMO_SIZE = 1 << 16
+_CHUNK_MEMO_MAX_CHARS = 64
+
+
+def clear_token_memo() -> None:
+    """Forget memoized chunk tokens (benchmarks call it so every pass starts cold)."""
+    _CHUNK_TOKENS.clear()
 
 
 def spacy_words(text: str) -> list[str]:
     """The words spaCy's blank English tokenizer yields (what datatrove's Gopher rules count), whitespace dropped."""
-    words = SPACY_TOKEN_RE.findall(text)
+    # Tokens never span whitespace, so a chunk of letters and digits alone (most of them) is one token and skips the
+    # expression; any other chunk gets exactly the tokens a pass over the whole text would give it (tested).
+    words: list[str] = []
+    keep, split = words.append, words.extend
+    memo = _CHUNK_TOKENS
+    for chunk in text.split():
+        if chunk.isalnum():
+            keep(chunk)
+            continue
+        tokens = memo.get(chunk)
+        if tokens is None:
+            tokens = _find_tokens(chunk)
+            if len(chunk) <= _CHUNK_MEMO_MAX_CHARS:
+                if len(memo) >= _CHUNK_MEMO_SIZE:
+                    memo.clear()
+                memo[chunk] = tokens
+        split(tokens)
     if _SPLIT_KEYS.isdisjoint(words):
         return words
     # a few words split further ("cannot" -> "can" "not"): one substitution over the words, one per line
@@ -336,8 +367,11 @@ class Doc:
     @functools.cached_property
     def looks_english(self) -> bool:
         """Mostly ASCII letters (a cheap stand-in for "English" where no language was identified)."""
-        sample = [ch for ch in self.text[:5000] if ch.isalpha()]
-        return bool(sample) and sum(ch.isascii() for ch in sample) >= 0.9 * len(sample)
+        sample = self.text[:5000]
+        if sample.isascii():
+            return bool(_ASCII_LETTER_RE.search(sample))
+        letters = len(_LETTER_RE.findall(sample))
+        return bool(letters) and len(_ASCII_LETTER_RE.findall(sample)) >= 0.9 * letters
 
 
 @functools.cache
