@@ -259,7 +259,7 @@ def _peak_mb() -> float:
 
 def _ours_judge(profile: str):
     """(text, url) -> (reason, value, final text) of our chain: the published rules, or a default profile."""
-    from pretrain.config import FilterConfig
+    from pretrain.config import C4Settings, FilterConfig
     from pretrain.data.filters import c4, gopher
     from pretrain.data.filters.base import Doc
     from pretrain.data.filters.step import Chain, Stats, chain_for
@@ -269,7 +269,7 @@ def _ours_judge(profile: str):
         web = cfg.profiles.web
         steps = (gopher.quality_rules(web.gopher_quality.model_copy(update={"variant": "published"}))
                  + gopher.repetition_rules(web.gopher_repetition.model_copy(update={"variant": "published"}))
-                 + c4.rules(web.c4.model_copy(update={"variant": "published"})))
+                 + c4.rules(C4Settings.model_validate({"variant": "published"})))
         chain = Chain(steps, Stats())
     else:
         chain = chain_for(cfg, profile)
@@ -314,8 +314,13 @@ def _cold_start(worker: str):
     """What forgets state that repeated passes over the same input would otherwise reuse."""
     if worker == "datatrove":
         return lambda: None
+    from pretrain.data.filters import gibberish
     from pretrain.data.filters.base import clear_token_memo
-    return clear_token_memo
+
+    def cold() -> None:
+        clear_token_memo()
+        gibberish.clear_memo()
+    return cold
 
 
 def run_worker(args: argparse.Namespace) -> None:

@@ -144,10 +144,11 @@ class GopherRepetitionSettings(VariantSettings):
 class C4Settings(VariantSettings):
     """C4 rules (Raffel et al. 2020). ``default``: no curly-bracket rule (code snippets are content) but pages
     that are almost all code lines are dropped (max_code_fraction); sentences are counted in prose paragraphs
-    (hard-wrapped lines joined); only boilerplate lines (javascript, cookie/policy notices) are removed.
+    (hard-wrapped lines joined), a code block or table counts as one, and 3 are enough (published: 5); only
+    boilerplate lines (javascript, cookie/policy notices) are removed.
     ``published`` removes every line without terminal punctuation and drops pages with a curly bracket."""
 
-    min_sentences: NonNegative = 5
+    min_sentences: NonNegative = 3  # published: 5 (set by the variant unless the recipe gives it)
     min_words_per_line: NonNegative = 3
     max_word_length: PositiveInt = 1000
     remove_citations: bool = True
@@ -157,6 +158,15 @@ class C4Settings(VariantSettings):
     policy: bool = True
     remove_lines: bool = True
     max_code_fraction: Fraction | None = 0.9  # default variant only
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_sentences(cls, data: Any) -> Any:
+        """C4's published page minimum is 5 sentences; the default variant, which also counts code blocks and
+        tables, needs 3 (5 dropped half of the real reference pages of 50-150 words)."""
+        if isinstance(data, dict) and data.get("variant") == "published" and "min_sentences" not in data:
+            return {**data, "min_sentences": 5}
+        return data
 
 
 class FineWebSettings(VariantSettings):
@@ -317,6 +327,9 @@ class DedupConfig(_Strict):
     and 64 bands x 4 rows (the S-curve's midpoint (1/64)^(1/4) = 0.35, P(candidate | J=0.45) = 0.93,
     0.99 at 0.55); 256 values keep the estimate's error at ~0.03. For ~0.8 near-exact dedup use
     shingle_size=5, bands=14, rows=8, threshold=0.8.
+    ``band_shards``: each band's bucket task holds that band's keys for the whole run (~20 bytes a document:
+    2 GB at 100M documents); split each band by key range into this many tasks (each reads the band's column
+    and keeps its range) when that does not fit a worker.
     ``representative``: which copy of a cluster stays: ``longest`` (most characters, ties: earliest) or
     ``earliest`` (first in run order: sources by name, partitions by key, rows in shard order).
     """
@@ -330,6 +343,7 @@ class DedupConfig(_Strict):
     threshold: Fraction = 0.4
     verify: bool = True
     prefix_shards: Annotated[int, Field(ge=1, le=4096)] = 16
+    band_shards: Annotated[int, Field(ge=1, le=4096)] = 1
     representative: Literal["longest", "earliest"] = "longest"
     seed: Annotated[int, Field(ge=0, lt=1 << 32)] = 1
 

@@ -45,6 +45,8 @@ def test_default_cleaning_removes_junk_resolves_copies_and_keeps_real_pages(clea
     missed_junk = sorted(k for k in labels["junk"] if k in surviving)
     unresolved = sorted(k for k, c in labels["copies"].items() if k in surviving and c["of"] in surviving)
     lost = sorted(k for k in labels["real"] if k not in after_filters)
+    lost = sorted(k for k in labels["real"] if k not in after_filters)
+    print("scores:", {k: v for k, v in result.items() if not isinstance(v, list)}, "lost:", lost)
     print("natural near copies merged by dedup (not planted):", result["natural_near_copies"])
     assert result["junk_removed"] >= 0.95, missed_junk
     assert result["copies_resolved"] >= 0.95, unresolved

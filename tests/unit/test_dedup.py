@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pretrain.config import RecipeError, load_recipe
-from pretrain.data.dedup import dedup, minhash
+from pretrain.data.dedup import buckets, dedup, minhash
 from pretrain.data.dedup.plan import load_plan
 from pretrain.data.documents import ShardWriter
 from pretrain.data.readers.base import Partition
@@ -288,6 +288,22 @@ def test_exact_keys_are_split_across_prefix_shards(tmp_path):
     assert not any(keys[a] & keys[b] for a in range(4) for b in range(a + 1, 4))  # a key lives in one prefix only
     dups = [pq.read_table(plan.exact_dups_url(k)).num_rows for k in range(4)]
     assert sum(dups) == 10 and not os.path.exists(plan.signatures_url(0))
+
+
+def test_band_shards_split_each_bands_keys_and_find_the_same_pairs(tmp_path):
+    corpus = planted(60)
+    filtered = spread(tmp_path, corpus["docs"], partitions=2)
+    whole = recipe_at(tmp_path / "whole", "dedup.exact=false")
+    split = recipe_at(tmp_path / "split", "dedup.exact=false", "dedup.band_shards=3")
+    first, second = dedup(whole, filtered), dedup(split, filtered)
+    assert kept_ids(second) == kept_ids(first) and removals(split) == removals(whole)
+    plan = load_plan(split)
+    assert plan.bucket_units()[:4] == ["band:0:0", "band:0:1", "band:0:2", "band:1:0"]
+    keys = [buckets.run_unit(plan, f"band:5:{s}")["band_keys"] for s in range(3)]  # reused: the markers' stats
+    whole_keys = buckets.run_unit(load_plan(whole), "band:5:0")["band_keys"]
+    assert sum(keys) == whole_keys and max(keys) < 0.5 * whole_keys  # each unit holds its key range only
+    pairs = [pq.read_table(plan.pairs_url(5, s)).num_rows for s in range(3)]
+    assert sum(pairs) == pq.read_table(load_plan(whole).pairs_url(5)).num_rows
 
 
 def test_sketch_writes_two_files_per_partition_whatever_the_bands_and_prefixes(tmp_path):

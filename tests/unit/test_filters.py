@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pretrain.config import FilterConfig, RecipeError, SourceConfig, validate
+from pretrain.config import C4Settings, FilterConfig, RecipeError, SourceConfig, validate
 from pretrain.data import documents
 from pretrain.data.filters import base, c4, code, fineweb, gopher, profiles
 from pretrain.data.filters.base import Doc
@@ -98,7 +98,9 @@ def test_c4_rules_and_line_removal():
 
 
 def test_c4_published_variant_drops_curly_brackets_and_removes_unpunctuated_lines():
-    cfg = FilterConfig().profiles.web.c4.model_copy(update={"variant": "published"})
+    cfg = validate({"name": "x", "sources": [{"name": "a", "format": "warc", "uri": "x"}],
+                    "filter": {"profiles": {"web": {"c4": {"variant": "published"}}}}}).filter.profiles.web.c4
+    assert cfg.min_sentences == 5  # the published variant brings C4's own minimum unless the recipe sets one
     steps = c4.rules(cfg)
     rules = [s for s in steps if hasattr(s, "judge")]
     assert judge(rules, prose() + "\nUse a dict such as {'a': 1} in the call.")["c4.curly_bracket"].startswith("Use")
@@ -115,6 +117,52 @@ def test_fineweb_rules():
     dup = prose(12) + "\nShared sentence number one that repeats here.\n" * 2
     published = FilterConfig().profiles.web.fineweb.model_copy(update={"variant": "published"})
     assert judge(fineweb.rules(published), dup)["fineweb.max_char_dup_ratio"] > 0.01
+
+
+def test_default_rules_read_tables_and_hard_wrapped_text_as_real_content():
+    """Three pages real documentation is made of, which the published rules drop and the defaults keep."""
+    import textwrap
+
+    intro = ("This module makes available the standard error symbols of the system. The value of each symbol is "
+             "the corresponding integer value, so that a program can compare the codes it gets back from the "
+             "operating system with the names a person would rather read and write.")
+    names = ("perm noent srch intr io nxio tooBig noexec badf child again nomem acces fault notblk busy exist xdev "
+             "nodev notdir isdir inval nfile mfile notty txtbsy fbig nospc spipe rofs mlink pipe dom range")
+    constants = "\n".join(f"E{name.upper()} = {i}" for i, name in enumerate(names.split(), 1))
+    table_page = f"Error symbols\n\n{intro}\n\nData\n{constants}\n"
+    doc = Doc(table_page)
+    assert doc.data_lines[doc.lines.index("EPERM = 1")] and not doc.data_lines[doc.lines.index("Data")]
+    assert not doc.data_lines[2] and not doc.data_lines[0]  # the prose and the title are prose
+    assert not Doc("See RFC 3454, section 2.1, for the 12 tables.").data_lines.any()
+    api = Doc("gettext(self, message)\nbuiltins.object\nSimpleNamespace\nif_stmt ::= \"if\" expr \":\" suite\n"
+              "Call self as a function.\nHome\nContact us (24 hours)")
+    assert api.api_lines.tolist() == [True, True, True, True, False, False, False]
+    default = gopher.quality_rules(FilterConfig().profiles.web.gopher_quality)
+    published = gopher.quality_rules(FilterConfig().profiles.web.gopher_quality.model_copy(
+        update={"variant": "published"}))
+    assert "gopher_quality.min_alpha_words_ratio" not in judge(default, table_page)
+    assert judge(published, table_page)["gopher_quality.min_alpha_words_ratio"] < 0.8
+    numbers_only = "\n".join(f"{i} {i * 7} {i * 13}" for i in range(80))  # no prose at all: still judged
+    assert judge(default, numbers_only)["gopher_quality.min_alpha_words_ratio"] == 0.0
+
+    long_sentence = "; then ".join(s.rstrip(".") for s in SENTENCES) + "."
+    wrapped = "\n\n".join(textwrap.fill(long_sentence, width=72) for _ in range(2))  # lines end mid-sentence
+    assert len(Doc(wrapped).prose_units) < len(Doc(wrapped).prose_lines) / 4
+    fine_default = fineweb.rules(FilterConfig().profiles.web.fineweb)
+    fine_published = fineweb.rules(FilterConfig().profiles.web.fineweb.model_copy(update={"variant": "published"}))
+    assert judge(fine_default, wrapped) == {}
+    assert judge(fine_published, wrapped)["fineweb.min_line_punct_ratio"] < 0.12
+    menu = "\n".join(f"Category {i}" for i in range(40))  # short lines are never joined: still a menu
+    assert judge(fine_default, menu + "\n" + prose(2))["fineweb.max_short_line_ratio"] > 0.67
+
+    definition = ("The pass statement\n\nThe pass statement is a null operation: when it is executed, nothing "
+                  "happens at all. It is useful as a placeholder when a statement is required by the syntax but no "
+                  "code needs to be executed, for example in a class or function body that is not written yet.\n\n"
+                  "    pass_stmt ::= \"pass\"\n    def f(arg): pass    # a function that does nothing yet\n")
+    c4_default = [s for s in c4.rules(FilterConfig().profiles.web.c4) if hasattr(s, "judge")]
+    c4_published = [s for s in c4.rules(C4Settings.model_validate({"variant": "published"})) if hasattr(s, "judge")]
+    assert "c4.min_sentences" not in judge(c4_default, definition)  # 2 sentences + a code block: 3 units
+    assert judge(c4_published, definition)["c4.min_sentences"] < 5
 
 
 def test_code_rules():
@@ -150,10 +198,10 @@ def test_recipe_overrides_rule_by_rule_and_names_unknown_keys():
     base = {"name": "x", "sources": [{"name": "a", "format": "warc", "uri": "x"}]}
     recipe = validate({**base, "filter": {"profiles": {"web": {"c4": {"enabled": False},
                                                                "gopher_quality": {"min_doc_words": 30}},
-                                                       "prose": {"c4": {"min_sentences": 3}}}}})
+                                                       "prose": {"c4": {"min_sentences": 4}}}}})
     web = recipe.filter.profiles.web
     assert not web.c4.enabled and web.gopher_quality.min_doc_words == 30 and web.gopher_quality.min_stop_words == 2
-    assert recipe.filter.profiles.prose.c4.min_sentences == 3 and not recipe.filter.profiles.prose.c4.enabled
+    assert recipe.filter.profiles.prose.c4.min_sentences == 4 and not recipe.filter.profiles.prose.c4.enabled
     assert not any(s.name.startswith("c4.") for s in profiles.build(recipe.filter, "web"))
     for bad, key in [({"webb": {}}, "filter.profiles.webb"), ({"web": {"c5": {}}}, "filter.profiles.web.c5"),
                      ({"web": {"c4": {"min_sentencs": 1}}}, "filter.profiles.web.c4.min_sentencs"),

@@ -1,6 +1,7 @@
 """Stage 2, per LSH band (or exact prefix shard): documents with an equal band key become candidate pairs.
 
-A band's keys are one column of each partition's signatures file (read alone).
+A band's keys are one column of each partition's signatures file (read alone); with ``band_shards`` > 1
+a unit keeps only its key range (equal keys always fall in the same range), so it holds 1/band_shards of them.
 
 A band's keys over the whole run are sorted; each run of equal keys is a bucket. Buckets of up to
 ``ALL_PAIRS_MAX`` documents give every pair (so verification can still join two copies when a third,
@@ -22,9 +23,9 @@ PAIR_SCHEMA = pa.schema([("a_part", pa.int32()), ("a_row", pa.int64()), ("b_part
                          ("b_row", pa.int64())])
 
 
-def band_pairs(plan: Plan, band: int) -> dict[str, int]:
-    """Write the candidate pairs of one band."""
-    table = tables.concat([_band(plan, band, p) for p in plan.partitions], BAND_SCHEMA)
+def band_pairs(plan: Plan, band: int, shard: int = 0) -> dict[str, int]:
+    """Write the candidate pairs of one band's key range ``shard`` (of ``band_shards``): equal keys share one."""
+    table = tables.concat([_band(plan, band, p, shard) for p in plan.partitions], BAND_SCHEMA)
     key, part, row = table["key"].to_numpy(), table["part"].to_numpy().astype(np.int32), table["row"].to_numpy()
     order = np.lexsort((row, part, key))
     key, part, row = key[order], part[order], row[order]
@@ -47,22 +48,26 @@ def band_pairs(plan: Plan, band: int) -> dict[str, int]:
     a = np.concatenate(a_idx) if a_idx else np.zeros(0, np.int64)
     b = np.concatenate(b_idx) if b_idx else np.zeros(0, np.int64)
     tables.write(pa.table({"a_part": part[a], "a_row": row[a], "b_part": part[b], "b_row": row[b]},
-                          schema=PAIR_SCHEMA), plan.pairs_url(band))
+                          schema=PAIR_SCHEMA), plan.pairs_url(band, shard))
     return {"band_keys": len(key), "buckets": int((sizes > 1).sum()), "pairs": len(a)}
 
 
-def _band(plan: Plan, band: int, part: int) -> pa.Table:
-    """One partition's keys of one band: a single column of its signatures file (plus the rows)."""
+def _band(plan: Plan, band: int, part: int, shard: int) -> pa.Table:
+    """One partition's keys of one band in key range ``shard``: one column of its signatures file (and the rows)."""
     table = tables.read(plan.signatures_url(part), columns=["row", band_column(band)])
-    return pa.table({"key": table[band_column(band)], "part": pa.array(np.full(table.num_rows, part, np.int32)),
-                     "row": table["row"]}, schema=BAND_SCHEMA)
+    key, row = table[band_column(band)], table["row"]
+    if plan.config.band_shards > 1:
+        mine = exact.prefix_of(key.to_numpy(), plan.config.band_shards) == shard
+        key, row = key.filter(pa.array(mine)), row.filter(pa.array(mine))
+    return pa.table({"key": key, "part": pa.array(np.full(len(key), part, np.int32)), "row": row},
+                    schema=BAND_SCHEMA)
 
 
 def run_unit(plan: Plan, unit: str) -> dict[str, int]:
-    """One bucket-stage unit, ``exact:<prefix>`` or ``band:<b>``; reused when already done."""
+    """One bucket-stage unit, ``exact:<prefix>`` or ``band:<b>:<s>``; reused when already done."""
     if (done := plan.done("buckets", unit)) is not None:
         return done.stats
-    kind, index = unit.split(":")
-    stats = exact.find_duplicates(plan, int(index)) if kind == "exact" else band_pairs(plan, int(index))
+    kind, *index = unit.split(":")
+    stats = exact.find_duplicates(plan, int(index[0])) if kind == "exact" else band_pairs(plan, *map(int, index))
     plan.mark("buckets", unit, stats)
     return stats

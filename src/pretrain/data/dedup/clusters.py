@@ -67,7 +67,8 @@ def _canonical(node: np.ndarray, dup_sorted: np.ndarray, rep_of_sorted: np.ndarr
 def _load_pairs(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     if not plan.config.fuzzy:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = tables.concat([tables.read(plan.pairs_url(b)) for b in range(plan.config.bands)], PAIR_SCHEMA)
+    pairs = tables.concat([tables.read(plan.pairs_url(b, s)) for b in range(plan.config.bands)
+                           for s in range(plan.config.band_shards)], PAIR_SCHEMA)
     return (ids(pairs["a_part"].to_numpy(), pairs["a_row"].to_numpy()),
             ids(pairs["b_part"].to_numpy(), pairs["b_row"].to_numpy()))
 

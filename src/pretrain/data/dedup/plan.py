@@ -45,8 +45,8 @@ class Plan:
         """One partition's rows, lengths, signatures and one column of keys per LSH band (read by column)."""
         return self.url("signatures", f"p-{part:05d}.parquet")
 
-    def pairs_url(self, band: int) -> str:
-        return self.url("pairs", f"band-{band:03d}.parquet")
+    def pairs_url(self, band: int, shard: int = 0) -> str:
+        return self.url("pairs", f"band-{band:03d}-{shard:04d}.parquet")
 
     def removals_url(self, part: int) -> str:
         return self.url("clusters", "removals", f"p-{part:05d}.parquet")
@@ -77,10 +77,13 @@ class Plan:
         return list(range(len(self.filtered)))
 
     def bucket_units(self) -> list[str]:
-        """The bucket stage's units: ``exact:<prefix>`` per prefix shard, ``band:<b>`` per LSH band."""
+        """The bucket stage's units: ``exact:<prefix>`` per prefix shard, ``band:<b>:<s>`` per LSH band and key
+        range (``band_shards`` of them)."""
         cfg = self.config
         units = [f"exact:{k}" for k in range(cfg.prefix_shards)] if cfg.exact else []
-        return units + ([f"band:{b}" for b in range(cfg.bands)] if cfg.fuzzy else [])
+        if cfg.fuzzy:
+            units += [f"band:{b}:{s}" for b in range(cfg.bands) for s in range(cfg.band_shards)]
+        return units
 
     def to_json(self) -> str:
         return json.dumps({"root": self.root, "fingerprint": self.fingerprint, "config": self.config.model_dump(),

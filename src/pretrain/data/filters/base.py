@@ -30,6 +30,12 @@ _SYMBOL_RUN_RE = re.compile(r"[^\w\s]+")
 _NO_ALPHA_WORD_RE = re.compile(r"(?<!\w)[\d_]+(?!\w)")
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LETTER_RE = re.compile(r"[^\W\d_]")
+# a line that is one call or signature ("gettext(self, message)", "join(a, *p) -> str", "ISEOF(x)"), one
+# identifier that no prose word looks like ("builtins.object", "cell_contents", "SimpleNamespace") or a grammar
+# production ("if_stmt ::= ...", RFCs' "name = rule" aside)
+_API_LINE_RE = re.compile(
+    r"^[^\S\n]*(?:[^\W\d][\w.]*\([^\n]*\)(?:[^\S\n]*(?:->|:)[^\n]*)?"
+    r"|[^\W\d][\w]*[._][\w.]*|[A-Z]?[a-z]+[A-Z]\w*|[\w-]+[^\S\n]*::=[^\n]*)[^\S\n]*$", re.MULTILINE)
 _ASCII_LETTER_RE = re.compile("[A-Za-z]")
 _NO_LETTER_TOKEN_RE = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 # datatrove's PUNCTUATION characters (a word made only of them is a "symbol word"), as one character class
@@ -44,6 +50,8 @@ OTHER, SPACE, ALPHA, DIGIT, CODE, PUNCT, NEWLINE = range(7)
 N_CLASSES = 7
 CODE_SYMBOLS = "{}[]()<>=;_*/\\|&^%$#@~+`"
 CODE_LINE_SYMBOL_RATIO = 0.1  # a line with at least this share of code symbols among its visible characters
+WRAP_MIN_CHARS = 40  # a prose line this long that does not end a sentence is hard-wrapped text
+SENTENCE_END = (".", "!", "?", ":", ";", "。", "！", "？", "؟", "۔", "।", "॥")
 
 
 # -- spaCy-like words (the published Gopher rules) ------------------------------------------------------------
@@ -239,15 +247,25 @@ class Doc:
         return _PARAGRAPH_RE.split(self.text.strip())
 
     @functools.cached_property
-    def line_counts(self) -> np.ndarray:
-        """Per line (rows, as ``lines``), the number of characters of each class (columns)."""
+    def char_classes(self) -> np.ndarray:
+        """The class of every character (OTHER, SPACE, ALPHA, ...): one table lookup over the code points."""
         cp = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32)
         cls = char_classes()[np.minimum(cp, 0xFFFF)]
         cls[cp > 0xFFFF] = ALPHA
-        newline = cls == NEWLINE
-        line_of = np.cumsum(newline) - newline
+        return cls
+
+    @functools.cached_property
+    def line_of_char(self) -> np.ndarray:
+        """The line (index into ``lines``) of every character; a newline belongs to the line it ends."""
+        newline = self.char_classes == NEWLINE
+        return np.cumsum(newline) - newline
+
+    @functools.cached_property
+    def line_counts(self) -> np.ndarray:
+        """Per line (rows, as ``lines``), the number of characters of each class (columns)."""
         n = len(self.lines)
-        return np.bincount(line_of * N_CLASSES + cls, minlength=n * N_CLASSES).reshape(n, N_CLASSES)
+        return np.bincount(self.line_of_char * N_CLASSES + self.char_classes,
+                           minlength=n * N_CLASSES).reshape(n, N_CLASSES)
 
     @functools.cached_property
     def code_lines(self) -> np.ndarray:
@@ -255,6 +273,38 @@ class Doc:
         c = self.line_counts
         visible = c[:, ALPHA] + c[:, DIGIT] + c[:, CODE] + c[:, PUNCT] + c[:, OTHER]
         return (visible > 0) & (c[:, CODE] >= CODE_LINE_SYMBOL_RATIO * np.maximum(visible, 1))
+
+    @functools.cached_property
+    def data_lines(self) -> np.ndarray:
+        """Which lines are table or data rows: most of their whitespace-separated tokens hold no letter
+        ("EPERM = 1", "1990  23.4  56.7", "{181, 223, ...}"). Prose rules do not judge them, as code lines."""
+        cls = self.char_classes
+        blank = (cls == SPACE) | (cls == NEWLINE)
+        if not len(cls):
+            return np.zeros(len(self.lines), dtype=bool)
+        starts = np.flatnonzero(~blank & np.concatenate(([True], blank[:-1])))
+        if not len(starts):
+            return np.zeros(len(self.lines), dtype=bool)
+        has_letter = np.add.reduceat((cls == ALPHA).astype(np.int32), starts) > 0
+        line = self.line_of_char[starts]
+        n = len(self.lines)
+        tokens = np.bincount(line, minlength=n)
+        no_letter = np.bincount(line[~has_letter], minlength=n)
+        return 2 * no_letter > tokens
+
+    @functools.cached_property
+    def api_lines(self) -> np.ndarray:
+        """Lines that are one signature or one identifier (API references list them one a line)."""
+        out = np.zeros(len(self.lines), dtype=bool)
+        starts = [m.start() for m in _API_LINE_RE.finditer(self.text)]
+        if starts:
+            out[self.line_of_char[starts]] = True
+        return out
+
+    @functools.cached_property
+    def layout_lines(self) -> np.ndarray:
+        """Lines that are not prose: code, data rows, signatures and identifiers (a block is a unit of content)."""
+        return self.code_lines | self.data_lines | self.api_lines
 
     @functools.cached_property
     def code_fraction(self) -> float:
@@ -266,14 +316,34 @@ class Doc:
 
     @functools.cached_property
     def prose_lines(self) -> list[str]:
-        """Non-blank lines that do not look like code."""
-        code = self.code_lines
-        return [ln for ln, is_code in zip(self.lines, code, strict=True) if not is_code and ln.strip()]
+        """Non-blank lines that are neither code nor data rows."""
+        layout = self.layout_lines
+        return [ln for ln, skip in zip(self.lines, layout, strict=True) if not skip and ln.strip()]
+
+    @functools.cached_property
+    def prose_units(self) -> list[str]:
+        """Prose lines with hard-wrapped ones joined (plain-text pages, e-mail, docstrings wrap at ~70-80
+        characters): a line of at least ``WRAP_MIN_CHARS`` that does not end a sentence continues on the next
+        prose line right below it. Line-ending rules judge these units, not the wrapping."""
+        layout = self.layout_lines
+        units: list[str] = []
+        open_unit = False  # the last unit is a wrapped line waiting for its continuation
+        for ln, skip in zip(self.lines, layout, strict=True):
+            line = ln.strip()
+            if skip or not line:
+                open_unit = False
+                continue
+            if open_unit:
+                units[-1] += " " + line
+            else:
+                units.append(line)
+            open_unit = len(line) >= WRAP_MIN_CHARS and not line.endswith(SENTENCE_END)
+        return units
 
     @functools.cached_property
     def prose(self) -> Doc:
         """The prose lines as a document of their own (the text a prose-only rule judges)."""
-        if not self.code_lines.any():
+        if not self.layout_lines.any():
             return self
         return Doc("\n".join(self.prose_lines), url=self.url, license=self.license, meta=self.meta)
 

@@ -7,8 +7,10 @@ or a curly bracket in a kept line is dropped, and so is a page left with fewer t
 ``default`` keeps technical pages: no curly-bracket rule (code snippets are content); a page that is
 almost all code-like lines is dropped instead (``max_code_fraction``: minified scripts, data dumps);
 sentences are counted per prose paragraph (consecutive prose lines joined, so hard-wrapped text counts)
-and each code block counts as one,
-with CJK/Arabic/Indic sentence marks and CJK characters counted as words; only the boilerplate lines
+and each code block or table counts as one, with CJK/Arabic/Indic sentence marks and CJK characters
+counted as words, a line ending in a colon (it introduces a block) as a sentence, and 3 of them are
+enough (C4's 5 dropped half of the real reference pages of 50-150 words: a two-sentence definition
+with a grammar or an example is a page); only the boilerplate lines
 (javascript, cookie/policy notices) are removed, code lines never.
 """
 
@@ -25,6 +27,8 @@ END_PUNCTUATION = (".", "?", "!", '"', "'")
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                      "use cookies")
 _SENTENCE_END_RE = re.compile(r"[.!?。！？؟۔।॥]+[\"'”’)\]」』]*(?=\s|$)")
+# default: a sentence that introduces a code block, a table or a list ends its line with a colon
+_DEFAULT_SENTENCE_END_RE = re.compile(r"[.!?。！？؟۔।॥]+[\"'”’)\]」』]*(?=\s|$)|[:：](?=[^\S\n]*(?:\n|$))")
 
 
 @dataclasses.dataclass
@@ -121,11 +125,12 @@ def _default_lines(d: Doc, cfg: C4Settings) -> Lines:
         prose = "\n".join(d.prose_lines)
     if cfg.remove_citations and "[" in prose:
         prose = CITATION_RE.sub("", prose)
-    pieces = _SENTENCE_END_RE.split(prose)[:-1]  # the text before each sentence end
+    pieces = _DEFAULT_SENTENCE_END_RE.split(prose)[:-1]  # the text before each sentence end
     count = (lambda p: len(WORD_CJK_RE.findall(p))) if UNSPACED_RE.search(prose) else (lambda p: len(p.split()))
     sentences = sum(count(p) >= cfg.min_words_per_line for p in pieces)
-    # a code block (a run of code-like lines, blank lines inside it included) is a unit of content, as a sentence is
+    # a code block or a table (a run of code or data lines, blank lines inside it included) is a unit of content,
+    # as a sentence is
     visible = d.line_counts.sum(axis=1) - d.line_counts[:, SPACE] - d.line_counts[:, NEWLINE]
-    runs = d.code_lines[visible > 0]
+    runs = d.layout_lines[visible > 0]
     sentences += int(runs[:1].sum() + (runs[1:] & ~runs[:-1]).sum())
     return Lines([], removed, sentences, lorem, None)

@@ -9,6 +9,7 @@ Two signals, the larger wins:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 
@@ -42,13 +43,33 @@ def implausible(word: str) -> bool:
     return switches >= 3
 
 
+_VERDICTS: dict[str, bool] = {}  # words repeat (Zipf): each distinct one is judged once, in a bounded memo
+_VERDICTS_SIZE = 1 << 16
+
+
+def clear_memo() -> None:
+    """Forget memoized word verdicts (benchmarks call it so every pass starts cold)."""
+    _VERDICTS.clear()
+
+
 def word_score(text: str) -> float:
     """Share of letters (in alphabetic scripts) that sit in implausible words."""
+    words = collections.Counter(_LETTERS.findall(text[:HEAD_CHARS]))
     letters = bad = 0
-    for word in _LETTERS.findall(text[:HEAD_CHARS]):
-        letters += len(word)
-        if implausible(word):
-            bad += len(word)
+    memo = _VERDICTS
+    for word, count in words.items():
+        n = len(word) * count
+        letters += n
+        if len(word) < 4:
+            continue
+        verdict = memo.get(word)
+        if verdict is None:
+            verdict = implausible(word)
+            if len(memo) >= _VERDICTS_SIZE:
+                memo.clear()
+            memo[word] = verdict
+        if verdict:
+            bad += n
     return bad / letters if letters else 0.0
 
 

