@@ -193,11 +193,21 @@ class GibberishSettings(RuleSettings):
 
 
 class ToxicSettings(RuleSettings):
-    """A word list ("builtin", a local path or an s3:// URL); applied to the languages it covers."""
+    """Word lists with a threshold, per language, and an optional classifier.
+
+    ``wordlist`` ("builtin": better-profanity's English list, or a local path / s3:// URL) applies to the
+    ``languages`` it covers; ``wordlists`` adds a list per language (``{de: s3://lists/de.txt}``). ``classifier``
+    is an importable ``module:function`` mapping a text to a toxicity score in [0, 1]; a document scoring above
+    ``max_classifier_score`` is dropped (``classifier_languages``: the languages it judges, empty = all).
+    """
 
     wordlist: str = "builtin"
     max_fraction: Fraction = 0.01
     languages: list[str] = Field(default_factory=lambda: ["en"])
+    wordlists: dict[str, str] = Field(default_factory=dict)
+    classifier: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    max_classifier_score: Fraction = 0.5
+    classifier_languages: list[str] = Field(default_factory=list)
 
 
 class UrlSettings(RuleSettings):

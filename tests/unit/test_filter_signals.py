@@ -101,6 +101,37 @@ def test_toxic_fraction_with_the_builtin_and_a_custom_list(tmp_path, s3):
         assert toxic.toxic_fraction(words, custom) == 2 / len(words)
 
 
+def test_toxic_lists_per_language_and_a_classifier_hook(tmp_path, monkeypatch):
+    from pretrain.config import FilterConfig, RecipeError
+    from pretrain.data.filters import profiles
+    from pretrain.data.filters.base import Doc
+    from pretrain.data.filters.step import Chain, Stats
+
+    (tmp_path / "de.txt").write_text("schimpfwort\n")
+    (tmp_path / "toy_classifier.py").write_text(
+        "def score(text):\n    return 0.9 if 'menace' in text else 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    german = ("Das ist ein langer deutscher Text über die Geschichte der Stadt und ihrer Märkte, "
+              "geschrieben für Leser, die mehr über die alten Straßen wissen wollen. ") * 4
+    english = ("This is a long English text about the history of the town and its markets, written for "
+               "readers who want to know more about the old streets. ") * 4
+    cfg = FilterConfig.model_validate({"profiles": {"web": {"toxic": {
+        "wordlists": {"de": str(tmp_path / "de.txt")}, "max_fraction": 0.001,
+        "classifier": "toy_classifier:score", "max_classifier_score": 0.5, "classifier_languages": ["en"]}}}})
+    chain = Chain([s for s in profiles.build(cfg, "web") if s.name.startswith("toxic")], Stats())
+
+    def reason(text: str) -> str | None:
+        return chain.judge(Doc(text, url="https://example.org/page")).reason
+    assert reason(german) is None and reason(english) is None
+    assert reason(german + " schimpfwort") == "toxic.max_fraction"  # the German list, for German text only
+    assert reason(english + " schimpfwort") is None
+    assert reason(english + " A menace to all.") == "toxic.classifier"
+    assert reason(german + " menace") is None  # the classifier judges the languages it was given
+    bad = FilterConfig.model_validate({"profiles": {"web": {"toxic": {"classifier": "toy_classifier:nope"}}}})
+    with pytest.raises(RecipeError, match=r"toxic\.classifier"):
+        profiles.build(bad, "web")
+
+
 def test_blocked_domains_cover_subdomains_and_nothing_else(tmp_path):
     (tmp_path / "optout.txt").write_text("# owners who refused crawling\nexample.com\n*.private.org\n")
     domains = toxic.load_domains(str(tmp_path / "optout.txt"))

@@ -109,19 +109,54 @@ def _toxic(cfg: ToxicSettings, key: str) -> list[Step]:
     mod = _module("toxic")
     if not cfg.enabled or mod is None:
         return []
-    try:
-        wordlist = mod.load_words(cfg.wordlist)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"{key}.wordlist: cannot read {cfg.wordlist!r}: {err}") from None
-    languages = frozenset(cfg.languages)
+
+    def read(spec: str, where: str) -> frozenset[str]:
+        try:
+            return mod.load_words(spec)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"{key}.{where}: cannot read {spec!r}: {err}") from None
+
+    # one list per language: the main list for its languages, then the per-language ones (which add to it)
+    lists: dict[str, frozenset[str]] = {lang: read(cfg.wordlist, "wordlist") for lang in cfg.languages}
+    for lang, spec in sorted(cfg.wordlists.items()):
+        lists[lang] = lists.get(lang, frozenset()) | read(spec, f"wordlists.{lang}")
+    everywhere = read(cfg.wordlist, "wordlist") if not cfg.languages else None
+
+    def wordlist_of(d: Doc) -> frozenset[str] | None:
+        if everywhere is not None:
+            return everywhere
+        code_, _ = d.language
+        if code_:
+            return lists.get(code_)
+        return lists.get("en") if d.looks_english else None  # no language identifier installed
 
     def judge(d: Doc) -> float | None:
-        code_, _ = d.language
-        covered = (code_ in languages) if code_ else ("en" in languages and d.looks_english)
-        if languages and not covered:
+        wordlist = wordlist_of(d)
+        if not wordlist:
             return None
         return above(mod.toxic_fraction(mod.words_of(d.text), wordlist), cfg.max_fraction)
-    return [Rule("toxic.max_fraction", judge)]
+    steps: list[Step] = [Rule("toxic.max_fraction", judge)]
+    if cfg.classifier:
+        steps.append(_classifier(cfg, key))
+    return steps
+
+
+def _classifier(cfg: ToxicSettings, key: str) -> Rule:
+    """The recipe's ``module:function`` (text -> score in [0, 1]) as a rule; imported now, so a typo fails early."""
+    module_name, _, name = str(cfg.classifier).partition(":")
+    try:
+        score = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise RecipeError(f"{key}.classifier: cannot import {cfg.classifier!r}: {err}") from None
+    if not callable(score):
+        raise RecipeError(f"{key}.classifier: {cfg.classifier!r} is not callable")
+    languages = frozenset(cfg.classifier_languages)
+
+    def judge(d: Doc) -> float | None:
+        if languages and d.language[0] not in languages:
+            return None
+        return above(float(score(d.text)), cfg.max_classifier_score)
+    return Rule("toxic.classifier", judge)
 
 
 def _urls(cfg: UrlSettings, key: str) -> list[Step]:
