@@ -365,16 +365,36 @@ class DedupConfig(_Strict):
 
 
 class TokenizerConfig(_Strict):
-    """Train a byte-level BPE (``path`` unset) or load one (local folder or s3:// URL)."""
+    """Train a tokenizer (``path`` unset) or load a Hugging Face tokenizer folder (local path or s3:// URL).
+
+    Training reads ``train_chars`` characters drawn across sources: ``even`` gives each source the same share,
+    ``mixture`` shares them by the mixture weights. ``kind``: byte-level ``bpe`` (every byte sequence encodes)
+    or ``unigram``. ``encoder``: ``auto`` encodes a byte-level BPE with tiktoken when it gives the very tokens
+    ``tokenizers`` gives (checked on a sample of the documents), else with ``tokenizers``.
+    """
 
     path: str | None = None
+    kind: Literal["bpe", "unigram"] = "bpe"
     vocab_size: Annotated[int, Field(ge=300, le=1 << 20)] = 8192
     min_frequency: PositiveInt = 2
     train_chars: PositiveInt = 50_000_000
+    sample: Literal["even", "mixture"] = "even"
+    encoder: Literal["auto", "tiktoken", "hf"] = "auto"
 
 
 class SplitConfig(_Strict):
+    """Each document goes wholly to validation with probability ``val_fraction`` (by a hash of its id)."""
+
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+
+class MixtureConfig(_Strict):
+    """Each source's share of the training tokens. Empty: every source as it is (its natural share).
+
+    A share above a source's natural one repeats its windows (epochs > 1), below samples a random subset.
+    """
+
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
 
 
 class ModelConfig(_Strict):
@@ -388,6 +408,7 @@ class ModelConfig(_Strict):
     intermediate_size: PositiveInt = 688
     seq_len: Annotated[int, Field(ge=8, le=1 << 20)] = 256
     tie_embeddings: bool = True
+    init_from: str | None = None  # a Hugging Face model folder (local path or s3:// URL): its tokenizer is used
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -401,6 +422,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     objective: Literal["causal_lm"] = "causal_lm"
     max_steps: PositiveInt = 200
+    document_masking: bool = False  # attention stays within each document of a packed window
     micro_batch_size: PositiveInt = 8
     grad_accum_steps: PositiveInt = 1
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-3
@@ -444,6 +466,7 @@ class Recipe(_Strict):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -454,6 +477,14 @@ class Recipe(_Strict):
         names = [s.name for s in self.sources]
         if len(names) != len(set(names)):
             raise ValueError(f"source names must be unique, got {names}")
+        unknown = sorted(set(self.mixture.weights) - set(names))
+        if unknown:
+            raise ValueError(f"mixture.weights: unknown source(s) {unknown}; sources are {names}")
+        if self.mixture.weights and not any(self.mixture.weights.values()):
+            raise ValueError("mixture.weights: every weight is 0")
+        if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
+            raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "
+                             f"({self.model.init_from}): continued pre-training uses the model's own tokenizer")
         return self
 
     @property
