@@ -44,17 +44,18 @@ def hf_trainer(root: str, precision: str) -> float:
 
     from pretrain.config import load_recipe
     from pretrain.model.build import build_model
-    from pretrain.tokens import TokenDataset
+    from pretrain.tokens import ShardRef, TokenLoader, read_header
 
     recipe = load_recipe("tiny", MODEL)
-    data = TokenDataset([str(Path(root) / "tokens" / "train" / "part-00000")], SEQ)
+    shard = str(Path(root) / "tokens" / "train" / "part-00000")
+    data = TokenLoader([ShardRef(shard, "", read_header(shard)["tokens"])], SEQ, seed=0)
 
     class Windows(torch.utils.data.Dataset):
         def __len__(self):
             return STEPS * BATCH
 
         def __getitem__(self, i):
-            w = torch.from_numpy(data.sample(0, i, 0, 1)[0])
+            w = torch.from_numpy(data.batch(i, 0, 1, 1).tokens[0])
             return {"input_ids": w[:-1], "labels": w[:-1]}
 
     times: list[float] = []

@@ -126,15 +126,37 @@ def dedup(recipe: str, removed: list, manifest: Output[Dataset], summary: Output
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def tokenize(recipe: str, documents: Input[Dataset], manifest: Output[Dataset], summary: Output[Markdown],
-             metrics: Output[Metrics]):
-    """Train or load the tokenizer; write train/validation token shards."""
-    from pretrain.components.outputs import read_manifest, write_outputs
+def tokenize_prepare(recipe: str, documents: Input[Dataset]) -> list:
+    """Train or load the tokenizer, choose the encoder, save the plan; the partition indices to encode."""
+    from pretrain.components.outputs import read_manifest
 
     from pretrain.config import from_json
-    from pretrain.data.tokenize import tokenize as run
+    from pretrain.data.tokenize import prepare
 
-    write_outputs(run(from_json(recipe), read_manifest(documents)), manifest, summary, metrics)
+    return list(range(len(prepare(from_json(recipe), read_manifest(documents)).partitions)))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def tokenize_encode(recipe: str, partition: int) -> str:
+    """One documents partition -> its train and validation token shards."""
+    import json
+
+    from pretrain.data.tokenize import encode_one
+
+    return json.dumps(encode_one(recipe, int(partition)))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def tokenize(recipe: str, encoded: list, manifest: Output[Dataset], summary: Output[Markdown],
+             metrics: Output[Metrics]):
+    """After every partition: counts per source, the mixture and the validation check; the tokens manifest."""
+    from pretrain.components.outputs import write_outputs
+
+    from pretrain.config import from_json
+    from pretrain.data.tokenize import finish, load_plan
+
+    parsed = from_json(recipe)
+    write_outputs(finish(parsed, load_plan(parsed)), manifest, summary, metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

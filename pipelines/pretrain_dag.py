@@ -1,5 +1,5 @@
-"""The pre-training DAG: plan -> ingest/filter (fan-out) -> dedup (staged fan-out) -> tokenize -> train -> export
--> evaluate.
+"""The pre-training DAG: plan -> ingest/filter (fan-out) -> dedup (staged fan-out) -> tokenize (fan-out) -> train
+-> export -> evaluate.
 
 The whole resolved recipe travels as one string parameter; bulk data stays under the run root and
 only small manifests move between steps. KFP's own caching is off: it keys on parameters, not on
@@ -47,7 +47,11 @@ def build_pipeline(parallelism: int = 4, default_recipe: "str | None" = None):
         with dsl.ParallelFor(clustered.output, parallelism=parallelism, name="dedup-remove") as n:
             removed = _configure(steps.dedup_remove(recipe=recipe, partition=n), retries=2)
         deduped = _configure(steps.dedup(recipe=recipe, removed=dsl.Collected(removed.output)))
-        tokens = _configure(steps.tokenize(recipe=recipe, documents=deduped.outputs["manifest"]))
+        # Tokenize: one tokenizer, then token shards per documents partition, then the mixture and the manifest.
+        tplan = _configure(steps.tokenize_prepare(recipe=recipe, documents=deduped.outputs["manifest"]), retries=1)
+        with dsl.ParallelFor(tplan.output, parallelism=parallelism, name="tokenize-partitions") as n:
+            encoded = _configure(steps.tokenize_encode(recipe=recipe, partition=n), retries=2)
+        tokens = _configure(steps.tokenize(recipe=recipe, encoded=dsl.Collected(encoded.output)))
         trained = _configure(steps.train(recipe=recipe, tokens=tokens.outputs["manifest"]), retries=1)
         exported = _configure(steps.export(recipe=recipe, checkpoints=trained.outputs["manifest"],
                                            tokens=tokens.outputs["manifest"]).set_display_name("checkpoint"))

@@ -6,6 +6,7 @@ The top of the house: the one library module that imports the pipelines (lazily,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -158,6 +159,20 @@ def cmd_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_megatron(args: argparse.Namespace) -> int:
+    """The run's token shards of one split as one Megatron-LM indexed dataset (PREFIX.bin + PREFIX.idx)."""
+    from pretrain import steps
+    from pretrain.tokens import split_urls
+    from pretrain.tokens.megatron import export_megatron
+
+    recipe = load_recipe(*_split_recipe(args))
+    preflight(recipe)
+    tokens = steps.data(recipe)
+    urls = split_urls(tokens.shards, args.split)
+    print(json.dumps(export_megatron(urls, args.output)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrain", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
@@ -194,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                            aliases=["eval"] if name == "evaluate" else [])
         _recipe_args(p)
         p.set_defaults(func=cmd_step, step=name)
+    mega = sub.add_parser("megatron", help="export the token shards as a Megatron-LM indexed dataset",
+                          description="Run the data steps (finished ones are reused) and write one split's token "
+                                      "shards as Megatron-LM's indexed dataset: OUTPUT.bin and OUTPUT.idx, one "
+                                      "sequence per document (for Megatron-LM / NeMo data_path).")
+    _recipe_args(mega)
+    mega.add_argument("--split", choices=["train", "val"], default="train")
+    mega.add_argument("-o", "--output", required=True, help="output prefix (local path or s3:// URL)")
+    mega.set_defaults(func=cmd_megatron)
     return parser
 
 

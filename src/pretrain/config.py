@@ -389,9 +389,11 @@ class SplitConfig(_Strict):
 
 
 class MixtureConfig(_Strict):
-    """Each source's share of the training tokens. Empty: every source as it is (its natural share).
+    """Each source's share of the training tokens (normalized; every source listed, 0 leaves one out).
+    Empty: every source as it is (its natural share).
 
-    A share above a source's natural one repeats its windows (epochs > 1), below samples a random subset.
+    A share above a source's natural one repeats its windows (epochs > 1), below samples a random subset;
+    an epoch of the mixture holds as many tokens as the sources hold together.
     """
 
     weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
@@ -480,6 +482,9 @@ class Recipe(_Strict):
         unknown = sorted(set(self.mixture.weights) - set(names))
         if unknown:
             raise ValueError(f"mixture.weights: unknown source(s) {unknown}; sources are {names}")
+        unweighted = sorted(set(names) - set(self.mixture.weights)) if self.mixture.weights else []
+        if unweighted:
+            raise ValueError(f"mixture.weights: no weight for source(s) {unweighted} (0 leaves a source out)")
         if self.mixture.weights and not any(self.mixture.weights.values()):
             raise ValueError("mixture.weights: every weight is 0")
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:

@@ -32,6 +32,10 @@ def manifest_markdown(manifest) -> str:
             f"fingerprint: `{manifest.fingerprint}`\n\n{table(flat)}\n")
     if "ledger" in manifest.extra:
         text += "\n" + ledger.markdown(manifest.extra["ledger"])
+    if manifest.kind == "tokens" and "mixture" in manifest.extra:
+        from pretrain.data import mixture
+
+        text += "\n" + mixture.markdown(manifest.extra["mixture"])
     elif manifest.kind == "documents" and "records" in manifest.stats:
         s = manifest.stats
         text += (f"\nread {s['records']:,} = written {s['documents']:,} + skipped "
@@ -68,6 +72,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         from pretrain.data import ledger
 
         parts += ["", ledger.markdown(report["ledger"])]
+    if report.get("mixture"):
+        from pretrain.data import mixture
+
+        parts += ["", mixture.markdown(report["mixture"], report.get("trained_tokens_by_source"))]
     parts += ["", "## Samples", ""]
     for s in report["samples"]:
         parts += [f"**{html.escape(s['prompt'].strip())}**", "", "```", s["prompt"] + s["completion"], "```", ""]

@@ -43,7 +43,7 @@ def data(recipe: Recipe, workers: int | None = None) -> Manifest:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             filtered = list(pool.map(ingest_and_filter, itertools.repeat(recipe.to_json()), partitions))
-    return tokenize(recipe, dedup(recipe, filtered, workers=workers))
+    return tokenize(recipe, dedup(recipe, filtered, workers=workers), workers=workers)
 
 
 def train(recipe: Recipe) -> Manifest:

@@ -1,125 +1,253 @@
-"""Tokenize: train (or load) a byte-level BPE tokenizer and write train/validation token shards.
+"""Tokenize: one tokenizer for the run, then token shards per documents partition, then the mixture.
 
-Training streams texts from the deduplicated shards up to ``tokenizer.train_chars``; encoding uses
-``tokenizers``' batch encoding (Rust, multi-threaded). Each document goes wholly to train or to
-validation by a hash of its id, so the split is stable when data is added.
+Three stages, each a KFP task (the middle one a fan-out) and the same functions in ``pretrain data``:
+
+- ``prepare``: train the tokenizer on a sample drawn across sources (or load a Hugging Face tokenizer from
+  ``tokenizer.path`` / ``model.init_from``), save it with the run, pick the encoder (tiktoken when it gives
+  the very ids ``tokenizers`` gives) and write the plan: the partitions to encode;
+- ``encode_partition``: one documents shard -> a train and a validation token shard (each document wholly in
+  one, by a hash of its id; EOS after every document), with a completion marker;
+- ``finish``: the per-source counts, the mixture (planned tokens and epochs per source), the validation
+  check, the manifest.
+
+The fingerprint covers the tokenizer settings (and the loaded tokenizer's content), the documents, the split,
+the mixture and ``model.seq_len`` (the saved tokenizer's maximum length).
 """
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-from collections.abc import Iterator
+import collections
+import dataclasses
+import json
+import os
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 
 from pretrain import storage
-from pretrain.config import Recipe, fingerprint
+from pretrain.config import Recipe, RecipeError, fingerprint, from_json
 from pretrain.data.documents import iter_batches
-from pretrain.manifest import Manifest, Shard, reuse
-from pretrain.tokens import TokenShardWriter
+from pretrain.data.mixture import plan_mixture
+from pretrain.data.pool import Pool
+from pretrain.data.readers.base import InputError
+from pretrain.manifest import Manifest, Shard, merge_stats, reuse
 
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
-
-
-def iter_texts(manifest: Manifest, max_chars: int | None = None) -> Iterator[list[str]]:
-    total = 0
-    for shard in manifest.shards:
-        for batch in iter_batches(shard.url, columns=["text"]):
-            texts = batch.column("text").to_pylist()
-            yield texts
-            total += sum(map(len, texts))
-            if max_chars is not None and total >= max_chars:
-                return
+PLAN_NAME = "plan.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPLITS = ("train", "val")
 
 
-def train_bpe(batches: Iterator[list[str]], vocab_size: int, min_frequency: int):
-    """A byte-level BPE: every byte sequence is encodable, so nothing is ever <unk>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+@dataclasses.dataclass
+class TokenPlan:
+    root: str
+    fingerprint: str
+    tokenizer: str  # the run's tokenizer folder
+    tokenizer_hash: str
+    encoder: str  # "tiktoken" or "hf"
+    vocab_size: int
+    eos_id: int
+    partitions: list[dict[str, Any]]  # {"url", "source", "rows"} of each documents shard, in manifest order
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(batches, trainer=trainer)
-    return tok
+    def shard_url(self, split: str, part: int) -> str:
+        return storage.join(self.root, split, f"part-{part:05d}")
 
+    def marker_url(self, part: int) -> str:
+        return storage.join(self.root, "_done", f"part-{part:05d}.json")
 
-def save_hf_tokenizer(tok, out_url: str, model_max_length: int) -> None:
-    """Write a folder that ``transformers.AutoTokenizer.from_pretrained`` loads."""
-    from transformers import PreTrainedTokenizerFast
+    def part_fingerprint(self, part: int) -> str:
+        return fingerprint(self.fingerprint, "part", part)
 
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD,
-                                 model_max_length=model_max_length)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        storage.upload_dir(tmp, out_url)
-
-
-def load_tokenizer(url: str):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_str(storage.read_text(storage.join(url, "tokenizer.json")))
-
-
-def tokenizer_hash(url: str) -> str:
-    return hashlib.sha256(storage.read_bytes(storage.join(url, "tokenizer.json"))).hexdigest()[:16]
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def is_validation(doc_id: str, val_fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(doc_id.encode(), seed=seed) % 1_000_000 < val_fraction * 1_000_000
 
 
-def tokenize(recipe: Recipe, documents: Manifest) -> Manifest:
-    root = recipe.url("tokens")
-    tok_url = recipe.url("tokenizer")
-    fp = fingerprint(recipe.tokenizer.model_dump(), recipe.split.model_dump(), recipe.seed, documents.fingerprint)
-    if (done := reuse(root, fp)) is not None:
-        return done
-    if recipe.tokenizer.path:
-        tok = load_tokenizer(recipe.tokenizer.path)
-        storage.upload_dir(storage.local_copy(recipe.tokenizer.path), tok_url)
-    else:
-        tok = train_bpe(iter_texts(documents, recipe.tokenizer.train_chars), recipe.tokenizer.vocab_size,
-                        recipe.tokenizer.min_frequency)
-        save_hf_tokenizer(tok, tok_url, recipe.model.seq_len)
-    eos_id = tok.token_to_id(EOS)
-    if eos_id is None:
-        raise ValueError(f"tokenizer at {recipe.tokenizer.path or tok_url} has no {EOS} token")
-    vocab, thash = tok.get_vocab_size(), tokenizer_hash(tok_url)
-    shards: list[Shard] = []
-    totals = {"train": {"tokens": 0, "documents": 0, "bytes": 0}, "val": {"tokens": 0, "documents": 0, "bytes": 0}}
-    for n, shard in enumerate(documents.shards):
-        writers = {split: TokenShardWriter(f"{root}/{split}/part-{n:05d}", vocab, eos_id, thash)
-                   for split in ("train", "val")}
-        for batch in iter_batches(shard.url, columns=["id", "text"]):
-            ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-            for doc_id, text, enc in zip(ids, texts, tok.encode_batch(texts), strict=True):
-                split = "val" if is_validation(doc_id, recipe.split.val_fraction, recipe.seed) else "train"
-                writers[split].add([*enc.ids, eos_id], len(text.encode("utf-8", "surrogatepass")))
-        for split, writer in writers.items():
-            header = writer.close()
-            shards.append(Shard(url=writer.url, rows=header["tokens"], bytes=header["bytes"],
-                                checksum=thash, meta={"split": split, "documents": header["documents"]}))
-            for key in totals[split]:
-                totals[split][key] += header[key]
-    if totals["val"]["tokens"] <= recipe.model.seq_len + 1:
-        raise ValueError(f"the validation split has only {totals['val']['tokens']} tokens (needs more than "
-                         f"model.seq_len+1={recipe.model.seq_len + 1}): raise split.val_fraction or add data")
-    result = Manifest(
-        kind="tokens", root=root, fingerprint=fp, shards=shards,
-        stats={"train_tokens": totals["train"]["tokens"], "val_tokens": totals["val"]["tokens"],
-               "train_documents": totals["train"]["documents"], "val_documents": totals["val"]["documents"],
-               "train_bytes": totals["train"]["bytes"], "val_bytes": totals["val"]["bytes"], "vocab_size": vocab},
-        config={"tokenizer": recipe.tokenizer.model_dump(), "split": recipe.split.model_dump()},
-        extra={"tokenizer": tok_url, "vocab_size": vocab, "eos_id": eos_id, "tokenizer_hash": thash},
+def step_fingerprint(recipe: Recipe, documents: Manifest) -> str:
+    from pretrain.data.tokenizer.load import tokenizer_hash, tokenizer_source
+
+    source = tokenizer_source(recipe)
+    loaded = tokenizer_hash(source) if source else None
+    return fingerprint(recipe.tokenizer.model_dump(), loaded, recipe.model.init_from, recipe.split.model_dump(),
+                       recipe.mixture.model_dump(), recipe.model.seq_len, recipe.seed, documents.fingerprint)
+
+
+# -- stage 1: the tokenizer and the plan -----------------------------------------------------------------------
+def prepare(recipe: Recipe, documents: Manifest) -> TokenPlan:
+    """Train or load the tokenizer, choose the encoder, save the plan (reused when made from the same inputs)."""
+    from pretrain.data.tokenizer.encoder import Encoder
+    from pretrain.data.tokenizer.load import (
+        load_tokenizer,
+        save_tokenizer,
+        special_ids,
+        tokenizer_hash,
+        tokenizer_source,
     )
+    from pretrain.data.tokenizer.train import train_tokenizer, training_sample
+
+    root = recipe.url("tokens")
+    fp = step_fingerprint(recipe, documents)
+    try:
+        found = TokenPlan(**json.loads(storage.read_text(storage.join(root, PLAN_NAME))))
+        if found.fingerprint == fp:
+            return found
+    except FileNotFoundError:
+        pass
+    tok_url = recipe.url("tokenizer")
+    source = tokenizer_source(recipe)
+    if source:
+        _copy_tokenizer(source, tok_url)
+        tok = load_tokenizer(tok_url)
+    else:
+        weights = recipe.mixture.weights if recipe.tokenizer.sample == "mixture" and recipe.mixture.weights else None
+        tok = train_tokenizer(training_sample(documents, recipe.tokenizer.train_chars, weights, recipe.seed),
+                              recipe.tokenizer)
+        save_tokenizer(tok, tok_url, recipe.model.seq_len)
+        tok = load_tokenizer(tok_url)
+    eos_id = special_ids(tok, tok_url)["eos"]
+    probe = _probe_texts(documents)
+    encoder = Encoder.create(tok, recipe.tokenizer.encoder, probe)
+    partitions = [{"url": s.url, "source": s.meta.get("source", ""), "rows": s.rows} for s in documents.shards]
+    plan = TokenPlan(root=root, fingerprint=fp, tokenizer=tok_url, tokenizer_hash=tokenizer_hash(tok_url),
+                     encoder=encoder.kind, vocab_size=tok.get_vocab_size(), eos_id=int(eos_id),
+                     partitions=partitions)
+    storage.write_text(storage.join(root, PLAN_NAME), plan.to_json())
+    return plan
+
+
+def load_plan(recipe: Recipe) -> TokenPlan:
+    return TokenPlan(**json.loads(storage.read_text(storage.join(recipe.url("tokens"), PLAN_NAME))))
+
+
+def _copy_tokenizer(source: str, dest: str) -> None:
+    """The tokenizer files of a tokenizer or model folder (never a model's weights) into the run."""
+    copied = 0
+    for name in TOKENIZER_FILES:
+        url = storage.join(source, name)
+        if storage.exists(url):
+            storage.write_bytes(storage.join(dest, name), storage.read_bytes(url))
+            copied += 1
+    if not copied:
+        raise RecipeError(f"tokenizer: no tokenizer.json under {source}")
+
+
+def _probe_texts(documents: Manifest, limit: int = 64) -> list[str]:
+    """A few documents of each source: what the encoder choice is checked on."""
+    probe: list[str] = []
+    seen: collections.Counter = collections.Counter()
+    for shard in documents.shards:
+        source = shard.meta.get("source", "")
+        if seen[source] >= limit:
+            continue
+        for batch in iter_batches(shard.url, columns=["text"]):
+            texts = batch.column("text").to_pylist()[: limit - seen[source]]
+            probe += texts
+            seen[source] += len(texts)
+            break
+    return probe
+
+
+# -- stage 2: one partition ------------------------------------------------------------------------------------
+def encode_partition(recipe: Recipe, plan: TokenPlan, part: int) -> Manifest:
+    """A documents shard -> its train and validation token shards; reused when its marker is current."""
+    from pretrain.data.tokenizer.encoder import Encoder
+    from pretrain.tokens import TokenShardWriter
+
+    if (done := reuse(plan.marker_url(part), plan.part_fingerprint(part))) is not None:
+        return done
+    info = plan.partitions[part]
+    _check_schema(info["url"])
+    tok_json = storage.read_text(storage.join(plan.tokenizer, "tokenizer.json"))
+    encoder = Encoder.from_json(tok_json, recipe.tokenizer.encoder, plan.encoder)
+    writers = {split: TokenShardWriter(plan.shard_url(split, part), plan.vocab_size, plan.eos_id,
+                                       plan.tokenizer_hash, source=info["source"], split=split) for split in SPLITS}
+    eos = np.asarray([plan.eos_id], dtype=np.uint32)
+    for batch in iter_batches(info["url"], columns=["id", "text"]):
+        ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+        for doc_id, text, enc in zip(ids, texts, encoder.encode_batch(texts), strict=True):
+            split = "val" if is_validation(doc_id, recipe.split.val_fraction, recipe.seed) else "train"
+            writers[split].add(np.concatenate([enc, eos]), len(text.encode("utf-8", "surrogatepass")))
+    shards = []
+    for split, writer in writers.items():
+        header = writer.close()
+        shards.append(Shard(url=plan.shard_url(split, part), rows=header["tokens"], bytes=header["bytes"],
+                            checksum=header["checksum"],
+                            meta={"split": split, "source": info["source"], "documents": header["documents"]}))
+    marker = Manifest(kind="tokens-part", root=plan.root, fingerprint=plan.part_fingerprint(part), shards=shards,
+                      stats={f"{s.meta['split']}_{k}": v for s in shards
+                             for k, v in (("tokens", s.rows), ("documents", s.meta["documents"]), ("bytes", s.bytes))})
+    marker.save(plan.marker_url(part))
+    return marker
+
+
+def _check_schema(url: str) -> None:
+    """A documents shard must have string ``id`` and ``text`` columns: anything else is named, not guessed at."""
+    fs, path = storage.filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(url, None, f"not a readable documents shard: {err}") from None
+    for name in ("id", "text"):
+        field = schema.field(name) if name in schema.names else None
+        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            raise InputError(url, None, f"a documents shard needs a string column {name!r}; its schema has "
+                                        f"{', '.join(f'{f.name}: {f.type}' for f in schema)}")
+
+
+# -- stage 3: the manifest -------------------------------------------------------------------------------------
+def finish(recipe: Recipe, plan: TokenPlan) -> Manifest:
+    """Counts per source, the mixture and the validation check over every partition; the tokens manifest."""
+    if (done := reuse(plan.root, plan.fingerprint)) is not None:
+        return done
+    parts = [encode_partition(recipe, plan, p) for p in range(len(plan.partitions))]  # reused: already done
+    shards = [s for m in parts for s in m.shards]
+    by_source: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s in shards:
+        for key, value in (("tokens", s.rows), ("documents", s.meta["documents"]), ("bytes", s.bytes)):
+            by_source[s.meta["source"]][f"{s.meta['split']}_{key}"] += value
+    for name in (s.name for s in recipe.sources):
+        by_source.setdefault(name, collections.Counter())
+    totals = merge_stats(dict(c) for c in by_source.values())
+    val_tokens = totals.get("val_tokens", 0)
+    if val_tokens <= recipe.model.seq_len + 1:
+        raise RecipeError(f"split.val_fraction: the validation split has only {val_tokens} tokens (needs more "
+                          f"than model.seq_len+1={recipe.model.seq_len + 1}): raise split.val_fraction or add data")
+    mixture = plan_mixture({k: int(v.get("train_tokens", 0)) for k, v in by_source.items()},
+                           recipe.mixture.weights)
+    stats: dict[str, Any] = {k: totals.get(k, 0) for k in ("train_tokens", "val_tokens", "train_documents",
+                                                          "val_documents", "train_bytes", "val_bytes")}
+    stats["vocab_size"] = plan.vocab_size
+    stats["by_source"] = {k: dict(v) for k, v in sorted(by_source.items())}
+    stats["mixture"] = mixture
+    result = Manifest(
+        kind="tokens", root=plan.root, fingerprint=plan.fingerprint, shards=shards, stats=stats,
+        config={"tokenizer": recipe.tokenizer.model_dump(), "split": recipe.split.model_dump(),
+                "mixture": recipe.mixture.model_dump()},
+        extra={"tokenizer": plan.tokenizer, "vocab_size": plan.vocab_size, "eos_id": plan.eos_id,
+               "tokenizer_hash": plan.tokenizer_hash, "encoder": plan.encoder, "mixture": mixture})
     result.save()
     return result
 
 
+# -- all stages ------------------------------------------------------------------------------------------------
+def encode_one(recipe_json: str, part: int) -> dict[str, Any]:
+    """One partition in a worker process (or a KFP task): its stats."""
+    recipe = from_json(recipe_json)
+    return encode_partition(recipe, load_plan(recipe), int(part)).stats
+
+
+def tokenize(recipe: Recipe, documents: Manifest, workers: int | None = None) -> Manifest:
+    """prepare -> encode every partition (a process pool of ``workers``, default all cores) -> finish."""
+    if (done := reuse(recipe.url("tokens"), step_fingerprint(recipe, documents))) is not None:
+        return done
+    plan = prepare(recipe, documents)
+    workers = min(workers or os.cpu_count() or 1, max(1, len(plan.partitions)))
+    with Pool(workers) as run:
+        run(encode_one, [(recipe.to_json(), p) for p in range(len(plan.partitions))])
+    return finish(recipe, plan)

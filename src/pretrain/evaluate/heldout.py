@@ -7,15 +7,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pretrain.tokens import TokenDataset
+from pretrain.tokens import SequentialWindows
 
 
 @torch.no_grad()
-def heldout_metrics(model, data: TokenDataset, batch: int, max_batches: int) -> dict[str, float]:
+def heldout_metrics(model, data: SequentialWindows, batch: int, max_batches: int) -> dict[str, float]:
     """Token-weighted mean loss, perplexity, and bits per byte (UTF-8 bytes of the held-out text)."""
     model.eval()
     nats, tokens = 0.0, 0
-    for windows in data.sequential(batch, max_batches):
+    for windows in data.batches(batch, max_batches):
         x = torch.from_numpy(windows)
         logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum")

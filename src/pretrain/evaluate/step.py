@@ -7,7 +7,7 @@ from pretrain.config import Recipe, fingerprint
 from pretrain.evaluate.heldout import generate_samples, heldout_metrics
 from pretrain.manifest import Manifest, reuse
 from pretrain.report import render_html, render_markdown
-from pretrain.tokens import TokenDataset, split_urls
+from pretrain.tokens import SequentialWindows, split_urls
 
 
 def pipeline_stats(recipe: Recipe) -> dict[str, object]:
@@ -49,13 +49,15 @@ def evaluate(
     local = storage.local_copy(model_manifest.root)
     model = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(local)
-    val = TokenDataset(split_urls(tokens.shards, "val"), recipe.model.seq_len)
+    val = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
     metrics = heldout_metrics(model, val, recipe.evaluate.batch_size, recipe.evaluate.max_batches)
     samples = generate_samples(model, tokenizer, recipe.evaluate.prompts, recipe.evaluate.max_new_tokens, recipe.seed)
     report = {"recipe": recipe.name, "metrics": metrics, "samples": samples,
               "train": checkpoints.stats if checkpoints else {},
               "history": checkpoints.extra.get("history", []) if checkpoints else [],
-              "steps": pipeline_stats(recipe), "ledger": data_ledger(recipe)}
+              "steps": pipeline_stats(recipe), "ledger": data_ledger(recipe),
+              "mixture": tokens.extra.get("mixture", {}),
+              "trained_tokens_by_source": checkpoints.extra.get("trained_tokens_by_source") if checkpoints else None}
     markdown, html = render_markdown(report), render_html(report)
     storage.write_text(storage.join(root, "report.md"), markdown)
     storage.write_text(storage.join(root, "report.html"), html)

@@ -1,7 +1,7 @@
 """The training loop: short on purpose; checkpointing, logging and throughput are callbacks.
 
-Every rank runs the same code. Batches come from ``TokenDataset.sample(seed, step, rank)``, so the
-loader needs no state beyond the step number to resume.
+Every rank runs the same code. Batches come from ``TokenLoader.batch(step, rank, world, batch)``, a pure
+function of the step, so the loader needs no state beyond the step number to resume.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pretrain.config import Recipe
+from pretrain.config import Recipe, RecipeError
 from pretrain.manifest import Manifest
 from pretrain.model.build import build_model, flops_per_token
 from pretrain.model.parallel import parallelize, unwrap
-from pretrain.tokens import TokenDataset, split_urls
+from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
 from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
 
@@ -57,6 +57,19 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return schedule
 
 
+def loader_anchor(saved: dict | None, micro_step: int, world: int, micro_batch: int) -> tuple[int, int]:
+    """Where the sample stream stands when resuming: the saved anchor when the world size and micro-batch are
+    the same; else (this micro-step, the samples consumed so far), so the stream continues with no sample
+    repeated or skipped within the epoch."""
+    if not saved:
+        return (0, 0)
+    old_anchor = (int(saved["anchor"][0]), int(saved["anchor"][1]))
+    if int(saved["world"]) == world and int(saved["micro_batch"]) == micro_batch:
+        return old_anchor
+    return (micro_step, TokenLoader.samples_before(micro_step, int(saved["world"]), int(saved["micro_batch"]),
+                                                   old_anchor))
+
+
 def causal_lm_loss(model, windows: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=windows[:, :-1]).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
@@ -80,14 +93,14 @@ def all_reduce_mean(value: torch.Tensor, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def evaluate_loss(model, data: TokenDataset, batch: int, max_batches: int, d: Dist, autocast) -> float:
+def evaluate_loss(model, data: SequentialWindows, batch: int, max_batches: int, d: Dist, autocast) -> float:
     """Mean loss over the same fixed validation windows every time, split across ranks.
 
     Every rank runs the same number of forward passes (a rank short of batches repeats one and
     discards it), as FSDP's collectives require.
     """
     model.eval()
-    batches = list(data.sequential(batch, max_batches))
+    batches = list(data.batches(batch, max_batches))
     total, count = 0.0, 0
     for j in range(-(-len(batches) // d.world)):
         i = j * d.world + d.rank
@@ -105,13 +118,18 @@ def evaluate_loss(model, data: TokenDataset, batch: int, max_batches: int, d: Di
 
 def train(recipe: Recipe) -> dict:
     cfg = recipe.train
+    if cfg.document_masking:  # the loader yields document ids (Batch.document_ids); the model cannot use them yet
+        raise RecipeError("train.document_masking: attention masking by document is not supported by the model "
+                          "code yet; set it to false")
     d = init_distributed(cfg.backend)
     torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     tokens = Manifest.load(recipe.url("tokens"))
     vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
-    train_data = TokenDataset(split_urls(tokens.shards, "train"), recipe.model.seq_len)
-    val_data = TokenDataset(split_urls(tokens.shards, "val"), recipe.model.seq_len)
+    # Document masking (recipe.train.document_masking) needs the model to take document ids: not wired yet.
+    train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
+                             epochs=mixture_epochs(tokens.extra))
+    val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
 
     model = build_model(recipe.model, vocab, eos, seed=recipe.seed)
     fpt = flops_per_token(model, recipe.model.seq_len)
@@ -122,6 +140,8 @@ def train(recipe: Recipe) -> dict:
     ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
                              checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
     start = ckpt.restore(model, optimizer, scheduler)
+    anchor = loader_anchor(ckpt.extra(start).get("loader") if start else None, start * cfg.grad_accum_steps,
+                           d.world, cfg.micro_batch_size)
     use_bf16 = cfg.precision == "bf16"
 
     def autocast():
@@ -133,7 +153,12 @@ def train(recipe: Recipe) -> dict:
     log = MetricsLog(recipe.url("train", "metrics.jsonl"), start, d.rank)
 
     def save(step: int) -> str:
-        return ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step * state.tokens_per_step})
+        micro_step = step * cfg.grad_accum_steps
+        loader = {"world": d.world, "micro_batch": cfg.micro_batch_size, "anchor": list(anchor),
+                  "micro_step": micro_step,
+                  "samples": TokenLoader.samples_before(micro_step, d.world, cfg.micro_batch_size, anchor)}
+        return ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step * state.tokens_per_step,
+                                                               "loader": loader})
 
     def checkpointed(state: TrainState, url: str) -> None:
         for cb in callbacks:
@@ -156,8 +181,9 @@ def train(recipe: Recipe) -> dict:
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=d.device)
         for micro in range(cfg.grad_accum_steps):
-            windows = torch.from_numpy(train_data.sample(recipe.seed, (step - 1) * cfg.grad_accum_steps + micro,
-                                                         d.rank, cfg.micro_batch_size)).to(d.device)
+            rows = train_data.batch((step - 1) * cfg.grad_accum_steps + micro, d.rank, d.world, cfg.micro_batch_size,
+                                    anchor)
+            windows = torch.from_numpy(rows.tokens).to(d.device)
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:  # DDP all-reduces gradients on the last micro-batch only
@@ -178,8 +204,11 @@ def train(recipe: Recipe) -> dict:
             run_eval()
     for cb in callbacks:
         cb.on_end(state)
+    consumed = TokenLoader.samples_before(state.step * cfg.grad_accum_steps, d.world, cfg.micro_batch_size, anchor)
+    trained = {k: v * recipe.model.seq_len for k, v in train_data.sources_of(0, consumed).items()}
     summary = {"step": state.step, "history": log.rows, "world_size": d.world, "device": d.device.type,
-               "parameters": sum(p.numel() for p in unwrap(model).parameters())}
+               "parameters": sum(p.numel() for p in unwrap(model).parameters()),
+               "trained_tokens_by_source": trained}
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

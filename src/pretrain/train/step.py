@@ -47,6 +47,7 @@ def train_step(recipe: Recipe, tokens: Manifest) -> Manifest:
     result = Manifest(kind="checkpoints", root=root, fingerprint=fp, shards=shards, stats=stats,
                       config=recipe.train.model_dump(),
                       extra={"latest": shards[-1].url, "metrics": storage.join(root, "metrics.jsonl"),
-                             "history": history})
+                             "history": history,
+                             "trained_tokens_by_source": summary.get("trained_tokens_by_source", {})})
     result.save()
     return result

@@ -7,15 +7,13 @@ plan -> sketch (per partition) -> buckets (per exact prefix shard and per LSH ba
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import multiprocessing
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from pretrain.config import Recipe, from_json
 from pretrain.data import ledger
 from pretrain.data.dedup import buckets, clusters, remove, sketch
 from pretrain.data.dedup.plan import Plan, load_plan, make_plan
+from pretrain.data.pool import Pool
 from pretrain.manifest import Manifest, Shard, merge_stats, reuse
 
 
@@ -73,37 +71,9 @@ def dedup(recipe: Recipe, filtered: list[Manifest], workers: int = 1) -> Manifes
     if (done := reuse(plan.root, plan.fingerprint)) is not None:
         return done
     recipe_json = recipe.to_json()
-    with _executor(workers) as run:
+    with Pool(workers) as run:
         run(sketch_one, [(recipe_json, p) for p in plan.partitions])
         run(buckets_some, [(recipe_json, g) for g in bucket_groups(plan, max(workers, 1))])
         clusters.cluster(plan)
         run(remove_one, [(recipe_json, p) for p in plan.partitions])
     return finish(plan)
-
-
-class _executor:
-    """``run(fn, argument tuples)``: in this process, or in a spawn pool when there are workers to use."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.pool: concurrent.futures.Executor | None = None
-
-    def __enter__(self) -> Callable[[Callable, Iterable[tuple]], list]:
-        if self.workers > 1:
-            # spawn, not fork: the parent may hold threads (s3fs' event loop) a forked child would inherit stuck.
-            self.pool = concurrent.futures.ProcessPoolExecutor(self.workers,
-                                                               mp_context=multiprocessing.get_context("spawn"))
-        return self.run
-
-    def run(self, fn: Callable, args: Iterable[tuple]) -> list:
-        args = list(args)
-        if self.pool is None or len(args) < 2:
-            return [fn(*a) for a in args]
-        return list(self.pool.map(fn, *zip(*args, strict=True)))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
-
