@@ -25,7 +25,7 @@ def test_compiled_dag(tmp_path):
     loops = {n: t for n, t in tasks.items() if n.startswith("for-loop")}
     inner_of = {n: set(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in loops.items()}
     assert sorted(map(sorted, inner_of.values())) == [["dedup-buckets"], ["dedup-remove"], ["dedup-sketch"],
-                                                      ["filter-documents", "ingest"]]
+                                                      ["filter-documents", "ingest"], ["tokenize-encode"]]
     loop_name = next(n for n, inner in inner_of.items() if "ingest" in inner)
     loop = loops[loop_name]
     assert loop["parameterIterator"]["items"]["inputParameter"]
@@ -40,7 +40,8 @@ def test_compiled_dag(tmp_path):
     assert tasks["dedup-bucket-plan"]["dependentTasks"] == [sketch_loop]
     assert tasks["dedup-cluster"]["dependentTasks"] == [loop_after["dedup-bucket-plan"]]
     assert tasks["dedup"]["dependentTasks"] == [loop_after["dedup-cluster"]]
-    assert tasks["tokenize"]["dependentTasks"] == ["dedup"]
+    assert tasks["tokenize-prepare"]["dependentTasks"] == ["dedup"]  # tokenizer, then encoding per partition
+    assert tasks["tokenize"]["dependentTasks"] == [loop_after["tokenize-prepare"]]
     assert set(tasks["evaluate"]["dependentTasks"]) >= {"export", "tokenize", "train"}
     # the resolved recipe is the default of the one parameter
     default = json.loads(spec["root"]["inputDefinitions"]["parameters"]["recipe"]["defaultValue"])
