@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.data.samples.copies import rename_identifiers, truncate, word_edits
+from pretrain.data.samples.stdlib import chunks, pydoc_pages, stdlib_sources
 
 TARGET = 10.0  # the issue's goal: our signature docs/s at least this many times datatrove's
 GOAL_QUALITY = 0.95
@@ -71,70 +72,14 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
-PYDOC_TEXT = """
-import contextlib, io, json, pydoc, sys, warnings
-from pretrain.data.corpus import PYDOC_MODULES, _scrub
-out = []
-for name in PYDOC_MODULES:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            out.append(_scrub(pydoc.render_doc(name, renderer=pydoc.plaintext)))
-        except Exception:
-            pass
-sys.stdout.write(json.dumps(out))
-"""
-
-
-def pydoc_pages() -> list[str]:
-    """Plain-text pydoc pages of the quickstart's stdlib modules, rendered in a clean interpreter."""
-    from pretrain.data.corpus import CLEAN_ENV
-
-    env = dict(CLEAN_ENV, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                      *sys.path[1:]]))
-    proc = subprocess.run([sys.executable, "-c", PYDOC_TEXT], env=env, cwd="/", capture_output=True, timeout=600,
-                          check=False)
-    if proc.returncode != 0:
-        log(f"pydoc pages left out: {proc.stderr.decode(errors='replace')[-500:]}")
-        return []
-    return json.loads(proc.stdout)
-
-
-def chunks(text: str, size: int, minimum: int = 600) -> list[str]:
-    """Pieces of about ``size`` characters, cut at line ends."""
-    out, start = [], 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
-        if end - start >= minimum:
-            out.append(text[start:end])
-        start = end
-    return out
-
-
-def stdlib_sources() -> list[str]:
-    """Every stdlib ``.py`` file (subpackages too; not tests, not site-packages), sorted by path."""
-    lib = Path(os.path.dirname(os.__file__))
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    out = []
-    for path in sorted(lib.rglob("*.py")):
-        if skip & set(path.relative_to(lib).parts):
-            continue
-        try:
-            out.append(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return out
-
-
 def real_documents(seed: int) -> list[tuple[str, str]]:
     """(origin, text) of every real document, the four origins interleaved so that none dominates:
     reference sections, plain-text pydoc pages, source files (their first 6000 characters), docstrings."""
     from pydoc_data.topics import topics
 
     by_origin: dict[str, list[str]] = {
-        "reference": [c for name in sorted(topics) for c in chunks(topics[name], 1500)],
-        "pydoc": [c for page in pydoc_pages() for c in chunks(page, 3000)], "code": [], "docstring": []}
+        "reference": [c for name in sorted(topics) for c in chunks(topics[name], 1500, 600)],
+        "pydoc": [c for page in pydoc_pages() for c in chunks(page, 3000, 600)], "code": [], "docstring": []}
     for source in stdlib_sources():
         if len(source) > 1500:
             by_origin["code"].append(source[:6000])

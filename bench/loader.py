@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from pretrain import storage
+from pretrain.data.samples import s3server
 from pretrain.tokens import ShardRef, TokenLoader, TokenShardWriter
 
 VOCAB, EOS = 32768, 0
@@ -104,23 +101,8 @@ def s3_anchor(remote: list[ShardRef], seq: int, batch: int, seconds: float, work
 
 
 def start_s3() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto S3 server did not start") from None
-            time.sleep(0.1)
+    """The moto S3 server the tests use, and this process's AWS settings pointed at it."""
+    proc, endpoint = s3server.start()
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
     return proc, endpoint

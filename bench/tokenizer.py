@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pretrain.data.samples.stdlib import chunks, pydoc_pages, stdlib_sources
+
 VOCAB = 32_768
 GOALS = {"tokens_per_s_per_core": 1_000_000, "rss_mb": 300, "vs_datatrove": 1.5}
 SIDES = ("ours", "hf", "datatrove")
@@ -52,61 +54,6 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
-PYDOC_TEXT = """
-import contextlib, io, json, pydoc, sys, warnings
-from pretrain.data.corpus import PYDOC_MODULES, _scrub
-out = []
-for name in PYDOC_MODULES:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            out.append(_scrub(pydoc.render_doc(name, renderer=pydoc.plaintext)))
-        except Exception:
-            pass
-sys.stdout.write(json.dumps(out))
-"""
-
-
-def pydoc_pages() -> list[str]:
-    """Plain-text pydoc pages of the quickstart's stdlib modules, rendered in a clean interpreter."""
-    from pretrain.data.corpus import CLEAN_ENV
-
-    env = dict(CLEAN_ENV, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                      *sys.path[1:]]))
-    proc = subprocess.run([sys.executable, "-c", PYDOC_TEXT], env=env, cwd="/", capture_output=True, timeout=600,
-                          check=False)
-    if proc.returncode != 0:
-        log(f"pydoc pages left out: {proc.stderr.decode(errors='replace')[-500:]}")
-        return []
-    return json.loads(proc.stdout)
-
-
-def chunks(text: str, size: int, minimum: int = 400) -> list[str]:
-    """Pieces of about ``size`` characters cut at line ends: documents of web-page length."""
-    out, start = [], 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
-        if end - start >= minimum:
-            out.append(text[start:end])
-        start = end
-    return out
-
-
-def stdlib_sources() -> list[str]:
-    lib = Path(os.path.dirname(os.__file__))
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    out = []
-    for path in sorted(lib.rglob("*.py")):
-        if skip & set(path.relative_to(lib).parts):
-            continue
-        try:
-            out.append(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return out
-
-
 def build_documents(megabytes: float, seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(bench documents, training documents) per origin. The bench takes about ``megabytes`` MB of UTF-8,
     shared evenly across origins (a small origin's leftover to the others); training sees everything."""
@@ -115,8 +62,8 @@ def build_documents(megabytes: float, seed: int) -> tuple[dict[str, list[str]], 
     rng = random.Random(seed)
     sources = stdlib_sources()
     everything = {
-        "pydoc": [c for page in pydoc_pages() for c in chunks(page, 4000)],
-        "reference": [c for key in sorted(topics) for c in chunks(topics[key], 3000)],
+        "pydoc": [c for page in pydoc_pages() for c in chunks(page, 4000, 400)],
+        "reference": [c for key in sorted(topics) for c in chunks(topics[key], 3000, 400)],
         "code": [s for s in sources if len(s) > 1000],
     }
     for docs in everything.values():

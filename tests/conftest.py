@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pretrain.data.samples import s3server
 
 
 @pytest.fixture(autouse=True)
@@ -29,22 +19,11 @@ def _no_ambient_aws(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (moto) in its own process on 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except urllib.error.HTTPError:
-            break  # it answers HTTP: up
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto S3 server did not start (see {log.name})") from None
-            time.sleep(0.1)
+    try:
+        proc, endpoint = s3server.start(log)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err} (see {log.name})") from None
     yield endpoint
     proc.terminate()
     proc.wait(timeout=30)

@@ -69,7 +69,7 @@ def test_preflight_missing_source_path(tmp_path):
 
 
 def test_preflight_unreachable_s3_endpoint(monkeypatch):
-    from conftest import free_port
+    from pretrain.data.samples.s3server import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")

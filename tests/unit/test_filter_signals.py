@@ -127,6 +127,11 @@ def test_toxic_lists_per_language_and_a_classifier_hook(tmp_path, monkeypatch):
     assert reason(english + " schimpfwort") is None
     assert reason(english + " A menace to all.") == "toxic.classifier"
     assert reason(german + " menace") is None  # the classifier judges the languages it was given
+    everywhere = FilterConfig.model_validate({"profiles": {"web": {"toxic": {
+        "languages": [], "wordlists": {"de": str(tmp_path / "de.txt")}, "max_fraction": 0.001}}}})
+    chain = Chain([s for s in profiles.build(everywhere, "web") if s.name.startswith("toxic")], Stats())
+    assert reason(german + " schimpfwort") == "toxic.max_fraction"  # the main list everywhere, plus German's
+    assert reason(german + " bastard") == "toxic.max_fraction" and reason(german) is None
     bad = FilterConfig.model_validate({"profiles": {"web": {"toxic": {"classifier": "toy_classifier:nope"}}}})
     with pytest.raises(RecipeError, match=r"toxic\.classifier"):
         profiles.build(bad, "web")

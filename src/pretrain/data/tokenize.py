@@ -78,8 +78,9 @@ def step_fingerprint(recipe: Recipe, documents: Manifest) -> str:
 
 
 # -- stage 1: the tokenizer and the plan -----------------------------------------------------------------------
-def prepare(recipe: Recipe, documents: Manifest) -> TokenPlan:
-    """Train or load the tokenizer, choose the encoder, save the plan (reused when made from the same inputs)."""
+def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> TokenPlan:
+    """Train or load the tokenizer, choose the encoder, save the plan (reused when made from the same inputs).
+    ``fp``: the step's fingerprint when the caller has it already."""
     from pretrain.data.tokenizer.encoder import Encoder
     from pretrain.data.tokenizer.load import (
         load_tokenizer,
@@ -91,7 +92,7 @@ def prepare(recipe: Recipe, documents: Manifest) -> TokenPlan:
     from pretrain.data.tokenizer.train import train_tokenizer, training_sample
 
     root = recipe.url("tokens")
-    fp = step_fingerprint(recipe, documents)
+    fp = fp or step_fingerprint(recipe, documents)
     try:
         found = TokenPlan(**json.loads(storage.read_text(storage.join(root, PLAN_NAME))))
         if found.fingerprint == fp:
@@ -244,9 +245,10 @@ def encode_one(recipe_json: str, part: int) -> dict[str, Any]:
 
 def tokenize(recipe: Recipe, documents: Manifest, workers: int | None = None) -> Manifest:
     """prepare -> encode every partition (a process pool of ``workers``, default all cores) -> finish."""
-    if (done := reuse(recipe.url("tokens"), step_fingerprint(recipe, documents))) is not None:
+    fp = step_fingerprint(recipe, documents)
+    if (done := reuse(recipe.url("tokens"), fp)) is not None:
         return done
-    plan = prepare(recipe, documents)
+    plan = prepare(recipe, documents, fp)
     workers = min(workers or os.cpu_count() or 1, max(1, len(plan.partitions)))
     with Pool(workers) as run:
         run(encode_one, [(recipe.to_json(), p) for p in range(len(plan.partitions))])

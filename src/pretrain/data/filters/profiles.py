@@ -116,19 +116,18 @@ def _toxic(cfg: ToxicSettings, key: str) -> list[Step]:
         except (OSError, ValueError) as err:
             raise RecipeError(f"{key}.{where}: cannot read {spec!r}: {err}") from None
 
-    # one list per language: the main list for its languages, then the per-language ones (which add to it)
-    lists: dict[str, frozenset[str]] = {lang: read(cfg.wordlist, "wordlist") for lang in cfg.languages}
+    # the main list for its languages (every language when none is named), plus each per-language list
+    base = read(cfg.wordlist, "wordlist")
+    default = frozenset() if cfg.languages else base
+    lists: dict[str, frozenset[str]] = dict.fromkeys(cfg.languages, base)
     for lang, spec in sorted(cfg.wordlists.items()):
-        lists[lang] = lists.get(lang, frozenset()) | read(spec, f"wordlists.{lang}")
-    everywhere = read(cfg.wordlist, "wordlist") if not cfg.languages else None
+        lists[lang] = lists.get(lang, default) | read(spec, f"wordlists.{lang}")
 
-    def wordlist_of(d: Doc) -> frozenset[str] | None:
-        if everywhere is not None:
-            return everywhere
+    def wordlist_of(d: Doc) -> frozenset[str]:
         code_, _ = d.language
-        if code_:
-            return lists.get(code_)
-        return lists.get("en") if d.looks_english else None  # no language identifier installed
+        if not code_ and d.looks_english:  # no language identifier installed
+            code_ = "en"
+        return lists.get(code_, default)
 
     def judge(d: Doc) -> float | None:
         wordlist = wordlist_of(d)
