@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pretrain.config import Recipe, RecipeError
+from pretrain.config import Recipe
 from pretrain.manifest import Manifest
 from pretrain.model.build import build_model, flops_per_token
+from pretrain.model.masking import document_attention
 from pretrain.model.parallel import parallelize, unwrap
 from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
@@ -70,8 +71,13 @@ def loader_anchor(saved: dict | None, micro_step: int, world: int, micro_batch: 
                                                    old_anchor))
 
 
-def causal_lm_loss(model, windows: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=windows[:, :-1]).logits
+def causal_lm_loss(model, windows: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token loss over windows of seq_len+1 tokens; with ``document_ids``, attention stays in each document."""
+    if document_ids is None:
+        logits = model(input_ids=windows[:, :-1]).logits
+    else:
+        mask, positions = document_attention(document_ids[:, :-1])
+        logits = model(input_ids=windows[:, :-1], attention_mask=mask, position_ids=positions).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
 
 
@@ -118,17 +124,13 @@ def evaluate_loss(model, data: SequentialWindows, batch: int, max_batches: int, 
 
 def train(recipe: Recipe) -> dict:
     cfg = recipe.train
-    if cfg.document_masking:  # the loader yields document ids (Batch.document_ids); the model cannot use them yet
-        raise RecipeError("train.document_masking: attention masking by document is not supported by the model "
-                          "code yet; set it to false")
     d = init_distributed(cfg.backend)
     torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     tokens = Manifest.load(recipe.url("tokens"))
     vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
-    # Document masking (recipe.train.document_masking) needs the model to take document ids: not wired yet.
     train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
-                             epochs=mixture_epochs(tokens.extra))
+                             epochs=mixture_epochs(tokens.extra), document_masking=cfg.document_masking)
     val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
 
     model = build_model(recipe.model, vocab, eos, seed=recipe.seed)
@@ -184,11 +186,12 @@ def train(recipe: Recipe) -> dict:
             rows = train_data.batch((step - 1) * cfg.grad_accum_steps + micro, d.rank, d.world, cfg.micro_batch_size,
                                     anchor)
             windows = torch.from_numpy(rows.tokens).to(d.device)
+            documents = None if rows.document_ids is None else torch.from_numpy(rows.document_ids).to(d.device)
             last = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:  # DDP all-reduces gradients on the last micro-batch only
                 with autocast():
-                    loss = causal_lm_loss(model, windows) / cfg.grad_accum_steps
+                    loss = causal_lm_loss(model, windows, documents) / cfg.grad_accum_steps
                 loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
