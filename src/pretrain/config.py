@@ -425,6 +425,7 @@ class TrainConfig(_Strict):
     objective: Literal["causal_lm"] = "causal_lm"
     max_steps: PositiveInt = 200
     document_masking: bool = False  # attention stays within each document of a packed window
+    verify_tokens: bool = True  # each rank checks its share of the token shards' checksums before training
     micro_batch_size: PositiveInt = 8
     grad_accum_steps: PositiveInt = 1
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-3

@@ -17,6 +17,7 @@ from pretrain.tokens import (
     read_header,
     token_dtype,
     verify_shard,
+    verify_shards,
 )
 
 
@@ -81,6 +82,26 @@ def test_flipped_byte_and_truncation_are_caught_naming_the_shard(tmp_path):
     (tmp_path / "part-7.bin").write_bytes(bytes(raw[:-2]))
     with pytest.raises(ShardError, match=r"part-7.*truncated"):
         open_shard(url)
+
+
+def test_training_checks_each_ranks_share_of_the_shards_against_the_manifest(tmp_path):
+    from pretrain.manifest import Shard
+
+    shards = []
+    for i in range(4):
+        url = str(tmp_path / f"part-{i}")
+        header = write_shard(url, [[*range(1, 30 + i), 0]])
+        shards.append(Shard(url=url, rows=header["tokens"], bytes=header["bytes"], checksum=header["checksum"]))
+    assert [verify_shards(shards, r, 2) for r in range(2)] == [2, 2]  # every shard checked once over 2 ranks
+    raw = bytearray((tmp_path / "part-3.bin").read_bytes())
+    raw[5] ^= 0x01
+    (tmp_path / "part-3.bin").write_bytes(bytes(raw))
+    assert verify_shards(shards, 0, 2) == 2  # rank 0's share is intact
+    with pytest.raises(ShardError, match=r"part-3.*checksum"):
+        verify_shards(shards, 1, 2)
+    write_shard(str(tmp_path / "part-1"), [[5, 6, 7, 0]])  # another shard put in its place after tokenizing
+    with pytest.raises(ShardError, match=r"part-1.*manifest"):
+        verify_shards(shards, 1, 2)
 
 
 def test_truncated_remote_shard_is_caught(s3):

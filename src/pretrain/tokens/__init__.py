@@ -12,6 +12,7 @@ from pretrain.tokens.format import (
     read_header,
     token_dtype,
     verify_shard,
+    verify_shards,
 )
 from pretrain.tokens.loader import (
     Batch,
@@ -28,4 +29,4 @@ from pretrain.tokens.megatron import export_megatron
 
 __all__ = ["FORMAT", "Batch", "SequentialWindows", "ShardError", "ShardRef", "TokenLoader", "TokenShard",
            "TokenShardWriter", "document_ids", "export_megatron", "mixture_epochs", "open_shard", "permute",
-           "read_header", "shard_refs", "split_urls", "token_dtype", "verify_shard"]
+           "read_header", "shard_refs", "split_urls", "token_dtype", "verify_shard", "verify_shards"]

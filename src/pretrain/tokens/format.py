@@ -223,6 +223,20 @@ def verify_shard(url: str, header: dict[str, Any] | None = None) -> None:
         raise ShardError(f"{url}: checksum {got} does not match the header's {header['checksum']}: corrupt shard")
 
 
+def verify_shards(shards: list, rank: int = 0, world: int = 1) -> int:
+    """Check this rank's share of a manifest's token shards (every ``world``-th from ``rank``): the header's
+    checksum is the manifest's and the data hashes to it. A ShardError names the first bad shard; returns how
+    many were checked. Spread over the ranks, a training job reads every shard once before it starts."""
+    mine = shards[rank::world]
+    for shard in mine:
+        header = read_header(shard.url)
+        if shard.checksum and header.get("checksum") != shard.checksum:
+            raise ShardError(f"{shard.url}: its header's checksum {header.get('checksum')} is not the manifest's "
+                             f"{shard.checksum}: the shard was replaced after tokenizing")
+        verify_shard(shard.url, header)
+    return len(mine)
+
+
 def open_shard(url: str, *, verify: bool = False, cache=None, block_bytes: int | None = None,
                header: dict[str, Any] | None = None) -> TokenShard:
     """Open a shard for reading: local shards are memory-mapped, s3:// shards read on demand in blocks.

@@ -20,7 +20,7 @@ from pretrain.manifest import Manifest
 from pretrain.model.build import build_model, flops_per_token
 from pretrain.model.masking import document_attention
 from pretrain.model.parallel import parallelize, unwrap
-from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls
+from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls, verify_shards
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
 from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
 
@@ -129,6 +129,8 @@ def train(recipe: Recipe) -> dict:
         os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     tokens = Manifest.load(recipe.url("tokens"))
     vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
+    if cfg.verify_tokens:
+        verify_shards(tokens.shards, d.rank, d.world)
     train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
                              epochs=mixture_epochs(tokens.extra), document_masking=cfg.document_masking)
     val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
