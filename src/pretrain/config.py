@@ -400,17 +400,32 @@ class MixtureConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A Llama-style decoder built from a ``transformers`` config."""
+    """The network, built from a ``transformers`` config: a Llama-style decoder (causal LM) or a BERT /
+    ModernBERT encoder (masked LM). ``preset`` names a size (see ``pretrain.model.presets``); keys given
+    explicitly override it. With ``init_from`` the shape comes from that model folder instead."""
 
-    architecture: Literal["llama"] = "llama"
+    preset: Literal["tiny", "20m", "125m", "350m", "1b", "8b"] | None = None
+    architecture: Literal["auto", "llama", "bert", "modernbert"] = "auto"  # auto: llama, modernbert for masked_lm
     hidden_size: PositiveInt = 256
     num_layers: PositiveInt = 4
     num_heads: PositiveInt = 4
     num_kv_heads: PositiveInt | None = None
     intermediate_size: PositiveInt = 688
+    rope_theta: Annotated[float, Field(gt=0.0)] = 10_000.0
     seq_len: Annotated[int, Field(ge=8, le=1 << 20)] = 256
     tie_embeddings: bool = True
-    init_from: str | None = None  # a Hugging Face model folder (local path or s3:// URL): its tokenizer is used
+    init_from: str | None = None  # a Hugging Face model folder (local path or s3:// URL): weights and tokenizer
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from pretrain.model.presets import PRESETS
+
+            shape = PRESETS.get(data["preset"])
+            if shape is not None:  # an unknown name fails on the field itself
+                data = {**shape, **data}
+        return data
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -421,22 +436,47 @@ class ModelConfig(_Strict):
         return self
 
 
+class StabilityConfig(_Strict):
+    """What a bad step does: a non-finite loss or gradient norm, or a loss above ``spike_factor`` x its
+    running mean (after ``warmup_steps``), is skipped (no update) or rolled back to the last checkpoint
+    (whose next batches are then skipped); counted and logged. More than ``max_anomalies`` stops the run."""
+
+    action: Literal["skip", "rollback", "off"] = "skip"
+    spike_factor: Annotated[float, Field(gt=1.0)] | None = 3.0
+    max_anomalies: PositiveInt = 20
+
+
 class TrainConfig(_Strict):
-    objective: Literal["causal_lm"] = "causal_lm"
+    objective: Literal["causal_lm", "masked_lm"] = "causal_lm"
+    mask_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15  # masked_lm: 80% [MASK], 10% random, 10% kept
     max_steps: PositiveInt = 200
     document_masking: bool = False  # attention stays within each document of a packed window
     verify_tokens: bool = True  # each rank checks its share of the token shards' checksums before training
     micro_batch_size: PositiveInt = 8
     grad_accum_steps: PositiveInt = 1
+    # optimizer: adamw (no decay on norms, biases, embeddings) or muon (2-D hidden weights; AdamW for the rest)
+    optimizer: Literal["adamw", "muon"] = "adamw"
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-3
-    min_lr_ratio: Fraction = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    muon_lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
+    muon_momentum: Fraction = 0.95
+    # schedule: linear warmup, then cosine to min_lr_ratio, or warmup-stable-decay (the last decay_fraction)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    min_lr_ratio: Fraction = 0.1
+    decay_fraction: Fraction = 0.2
     grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
+    loss: Literal["chunked", "plain"] = "chunked"  # chunked: B x T x V logits are never materialized at once
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
-    activation_checkpointing: bool = False
+    tf32: bool = True  # GPU: TF32 matmuls for what still runs in fp32
+    compile: bool = False  # per-block (regional) torch.compile: one compiled block serves every layer
+    compile_cache: str | None = None  # a local folder kept across restarts (default: ~/.cache/pretrain/compile)
+    activation_checkpointing: Literal["off", "full", "selective"] = "off"
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    init_device: Literal["auto", "meta", "device"] = "auto"  # auto: meta (then sharded) under fsdp
+    memory_gb: Annotated[float, Field(gt=0.0)] | None = None  # per device; default: detected
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     launcher: Literal["local"] = "local"
     nnodes: PositiveInt = 1
@@ -446,7 +486,17 @@ class TrainConfig(_Strict):
     eval_interval: PositiveInt = 50
     eval_batches: PositiveInt = 8
     checkpoint_interval: PositiveInt = 100
-    keep_checkpoints: PositiveInt = 2
+    checkpoint_minutes: Annotated[float, Field(gt=0.0)] | None = None  # also save when this much time has passed
+    keep_checkpoints: PositiveInt = 2  # the last K ...
+    keep_every: PositiveInt | None = None  # ... plus every step that is a multiple of this
+    async_checkpoint: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA (the step waits only for a copy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("activation_checkpointing"), bool):
+            data = {**data, "activation_checkpointing": "full" if data["activation_checkpointing"] else "off"}
+        return data
 
 
 class EvaluateConfig(_Strict):
@@ -488,6 +538,12 @@ class Recipe(_Strict):
             raise ValueError(f"mixture.weights: no weight for source(s) {unweighted} (0 leaves a source out)")
         if self.mixture.weights and not any(self.mixture.weights.values()):
             raise ValueError("mixture.weights: every weight is 0")
+        encoder = self.model.architecture in ("bert", "modernbert")
+        if self.model.architecture == "auto":
+            self.model.architecture = "modernbert" if self.train.objective == "masked_lm" else "llama"
+        elif encoder != (self.train.objective == "masked_lm") and not self.model.init_from:
+            raise ValueError(f"model.architecture {self.model.architecture} cannot train train.objective "
+                             f"{self.train.objective}: causal_lm takes llama, masked_lm bert or modernbert")
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "
                              f"({self.model.init_from}): continued pre-training uses the model's own tokenizer")
