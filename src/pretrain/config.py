@@ -496,6 +496,8 @@ class TrainConfig(_Strict):
     def _legacy(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("activation_checkpointing"), bool):
             data = {**data, "activation_checkpointing": "full" if data["activation_checkpointing"] else "off"}
+        if isinstance(data, dict) and isinstance(data.get("async_checkpoint"), bool):  # YAML reads on/off as booleans
+            data = {**data, "async_checkpoint": "on" if data["async_checkpoint"] else "off"}
         return data
 
 

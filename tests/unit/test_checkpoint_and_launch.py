@@ -32,7 +32,7 @@ def test_two_process_checkpoint_save_prune_restore(where, tmp_path, request):
     assert result["step"] == 3                  # the latest committed one, not the partial step 4
     assert result["same_weights"] and result["lr_restored"]
     assert result["optimizer_steps"] == 3.0
-    assert result["other_fingerprint_step"] == 0  # a checkpoint of another config is not loaded
+    assert result["other_fingerprint"] == "ForeignCheckpoint"  # a checkpoint of another config is an error
     assert committed_steps(root) == [2, 3]        # keep=2 pruned step 1
     assert storage.exists(storage.join(root, "step-0000003", ".metadata"))
     assert storage.exists(storage.join(root, "step-0000003", "rng-rank1.pt"))
@@ -47,27 +47,27 @@ def test_torchrun_commands_single_and_multi_node():
     assert all("--rdzv-endpoint=127.0.0.1:29999" in c and "--rdzv-id=r1" in c for c in two)
 
 
-def test_checkpoints_of_another_config_are_neither_resumed_nor_pruned(tmp_path):
+def test_checkpoints_of_another_config_are_an_error_and_never_pruned(tmp_path):
     import torch
 
-    from pretrain.config import ModelConfig
+    from pretrain.config import ModelConfig, TrainConfig
     from pretrain.model.build import build_model
-    from pretrain.train.checkpoint import CheckpointManager
-    from pretrain.train.loop import lr_lambda
+    from pretrain.train.checkpoint import CheckpointManager, ForeignCheckpoint
+    from pretrain.train.schedule import build_scheduler
 
     def parts():
         model = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, seq_len=8),
                             vocab_size=32, eos_id=0)
         opt = torch.optim.AdamW(model.parameters())
-        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1, 10, 0.1))
+        return model, opt, build_scheduler(opt, TrainConfig(warmup_steps=1, max_steps=10))
 
     root = str(tmp_path / "ckpt")
     old, new = CheckpointManager(root, keep=2, fingerprint="old"), CheckpointManager(root, keep=2, fingerprint="new")
     for step in (1, 2, 3):
         old.save(step, *parts())
-    new.save(1, *parts())
-    assert old.steps() == [2, 3] and new.steps() == [1]
-    assert new.restore(*parts()) == 1     # not the old config's newer step 3
-    new.save(2, *parts())                 # replaces the old config's step 2
-    assert new.steps() == [1, 2] and old.steps() == [3]
-    assert committed_steps(root) == [1, 2, 3]
+    assert old.steps() == [2, 3]
+    with pytest.raises(ForeignCheckpoint, match="another model, seed or token data"):
+        new.restore(*parts())
+    new.save(4, *parts())                 # saving (the manager of a test) still never prunes the other config's
+    assert new.steps() == [4] and old.steps() == [2, 3]
+    assert committed_steps(root) == [2, 3, 4]

@@ -23,7 +23,8 @@ def test_loop_learns_checkpoints_and_resumes(parallel, masking, tmp_path):
               "model.hidden_size=64",
               "model.intermediate_size=128", "train.micro_batch_size=8", "train.lr=0.01", "train.warmup_steps=5",
               "train.eval_interval=30", "train.checkpoint_interval=30", "train.log_interval=10",
-              "train.eval_batches=3", "train.grad_accum_steps=2"]  # 3 batches over 2 ranks: uneven
+              "train.eval_batches=3", "train.grad_accum_steps=2", "train.schedule=wsd",
+              "train.decay_fraction=0"]  # 3 eval batches over 2 ranks: uneven; a constant lr can be extended
     _, url = write_synthetic_run(str(tmp_path / "run"), [*common, "train.max_steps=30"])
     first = torchrun(url)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -32,7 +33,7 @@ def test_loop_learns_checkpoints_and_resumes(parallel, masking, tmp_path):
     assert [r["step"] for r in evals] == [0, 30]
     assert evals[-1]["val_loss"] < 0.8 * evals[0]["val_loss"]
     assert (tmp_path / "run" / "checkpoints" / "step-0000030" / "_COMMITTED").exists()
-    # A longer budget continues from step 30 instead of starting over.
+    # A longer budget continues from step 30 instead of starting over (wsd: its stable phase is extended).
     _, url = write_synthetic_run(str(tmp_path / "run"), [*common, "train.max_steps=40"])
     second = torchrun(url)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -49,7 +50,7 @@ def test_document_masking_trains_a_packed_window_as_its_documents_alone():
     from pretrain.model.build import build_model
     from pretrain.model.masking import document_attention
     from pretrain.tokens import document_ids
-    from pretrain.train.loop import causal_lm_loss
+    from pretrain.train.objectives import TrainModule
 
     model = build_model(ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seq_len=32),
                         300, eos_id=0).eval()
@@ -68,4 +69,5 @@ def test_document_masking_trains_a_packed_window_as_its_documents_alone():
     assert torch.allclose(packed[:, 7:], alone, atol=1e-5)  # b sees nothing of a
     assert not torch.allclose(unmasked[:, 7:], alone, atol=1e-3)  # without the mask it does
     with torch.no_grad():
-        assert causal_lm_loss(model, window, docs) != causal_lm_loss(model, window)
+        objective = TrainModule(model, "causal_lm")
+        assert objective(window, docs) != objective(window)

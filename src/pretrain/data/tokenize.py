@@ -50,6 +50,8 @@ class TokenPlan:
     vocab_size: int
     eos_id: int
     partitions: list[dict[str, Any]]  # {"url", "source", "rows"} of each documents shard, in manifest order
+    pad_id: int | None = None  # the tokenizer's padding and mask tokens (masked LM needs the mask token)
+    mask_id: int | None = None
 
     def shard_url(self, split: str, part: int) -> str:
         return storage.join(self.root, split, f"part-{part:05d}")
@@ -110,13 +112,13 @@ def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> Token
                               recipe.tokenizer)
         save_tokenizer(tok, tok_url, recipe.model.seq_len)
         tok = load_tokenizer(tok_url)
-    eos_id = special_ids(tok, tok_url)["eos"]
+    ids = special_ids(tok, tok_url)
     probe = _probe_texts(documents)
     encoder = Encoder.create(tok, recipe.tokenizer.encoder, probe)
     partitions = [{"url": s.url, "source": s.meta.get("source", ""), "rows": s.rows} for s in documents.shards]
     plan = TokenPlan(root=root, fingerprint=fp, tokenizer=tok_url, tokenizer_hash=tokenizer_hash(tok_url),
-                     encoder=encoder.kind, vocab_size=tok.get_vocab_size(), eos_id=int(eos_id),
-                     partitions=partitions)
+                     encoder=encoder.kind, vocab_size=tok.get_vocab_size(), eos_id=int(ids["eos"]),
+                     partitions=partitions, pad_id=ids["pad"], mask_id=ids["mask"])
     storage.write_text(storage.join(root, PLAN_NAME), plan.to_json())
     return plan
 
@@ -231,6 +233,7 @@ def finish(recipe: Recipe, plan: TokenPlan) -> Manifest:
         config={"tokenizer": recipe.tokenizer.model_dump(), "split": recipe.split.model_dump(),
                 "mixture": recipe.mixture.model_dump()},
         extra={"tokenizer": plan.tokenizer, "vocab_size": plan.vocab_size, "eos_id": plan.eos_id,
+               "pad_id": plan.pad_id, "mask_id": plan.mask_id,
                "tokenizer_hash": plan.tokenizer_hash, "encoder": plan.encoder, "mixture": mixture})
     result.save()
     return result

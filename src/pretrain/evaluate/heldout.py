@@ -1,4 +1,9 @@
-"""Held-out metrics of an exported Hugging Face model on the validation token shards."""
+"""Held-out metrics of an exported Hugging Face model on the validation token shards.
+
+Causal LM: next-token loss, perplexity, bits per byte. Masked LM: the loss and accuracy at masked positions,
+masked as in training (``train.mask_probability``, 80/10/10) with fixed seeds, so every evaluation of every
+model sees the same masks; no bits per byte (a masked-token loss is not a code length of the text).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,22 @@ def heldout_metrics(model, data: SequentialWindows, batch: int, max_batches: int
     bytes_per_token = data.bytes / max(data.tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
             "bits_per_byte": loss / (math.log(2) * bytes_per_token), "tokens": float(tokens)}
+
+
+@torch.no_grad()
+def masked_heldout_metrics(model, data: SequentialWindows, batch: int, max_batches: int, *, probability: float,
+                           special_ids: dict[str, int | None], vocab_size: int, seed: int) -> dict[str, float | None]:
+    """Masked-token mean loss, perplexity and accuracy; batch i is masked by ``mask_seed(seed, "eval", i)``."""
+    from pretrain.train.objectives import TrainModule, evaluate_sums, mask_seed
+
+    module = TrainModule(model, "masked_lm", "chunked", probability, special_ids, vocab_size).eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for i, windows in enumerate(data.batches(batch, max_batches)):
+        sums += evaluate_sums(module, torch.from_numpy(windows), mask_seed(seed, "eval", i))
+    loss_sum, count, correct = sums.tolist()
+    loss = loss_sum / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "masked_accuracy": correct / max(count, 1),
+            "bits_per_byte": None, "tokens": count}
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pretrain import storage
 from pretrain.config import Recipe, fingerprint
-from pretrain.evaluate.heldout import generate_samples, heldout_metrics
+from pretrain.evaluate.heldout import generate_samples, heldout_metrics, masked_heldout_metrics
 from pretrain.manifest import Manifest, reuse
 from pretrain.report import render_html, render_markdown
 from pretrain.tokens import SequentialWindows, split_urls
@@ -36,22 +36,40 @@ def data_ledger(recipe: Recipe) -> dict | None:
         return None
 
 
+def eval_special_ids(tokens: Manifest, tokenizer) -> dict[str, int | None]:
+    """The special ids training used (the tokens manifest), else the exported tokenizer's own."""
+    extra = tokens.extra
+    return {"eos": extra.get("eos_id", tokenizer.eos_token_id), "pad": extra.get("pad_id", tokenizer.pad_token_id),
+            "mask": extra.get("mask_id", tokenizer.mask_token_id)}
+
+
 def evaluate(
     recipe: Recipe, model_manifest: Manifest, tokens: Manifest, checkpoints: Manifest | None = None
 ) -> Manifest:
     root = recipe.url("evaluate")
-    fp = fingerprint(recipe.evaluate.model_dump(), model_manifest.fingerprint, tokens.fingerprint)
+    masking = ("masked_lm", recipe.train.mask_probability) if recipe.train.objective == "masked_lm" else ()
+    fp = fingerprint(recipe.evaluate.model_dump(), model_manifest.fingerprint, tokens.fingerprint, *masking)
     if (done := reuse(root, fp)) is not None:
         return done
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from pretrain.model.build import auto_class
 
     local = storage.local_copy(model_manifest.root)
-    model = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32)
+    model = auto_class(recipe.train.objective).from_pretrained(local, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(local)
     val = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
-    metrics = heldout_metrics(model, val, recipe.evaluate.batch_size, recipe.evaluate.max_batches)
-    samples = generate_samples(model, tokenizer, recipe.evaluate.prompts, recipe.evaluate.max_new_tokens, recipe.seed)
+    if recipe.train.objective == "masked_lm":  # an encoder generates nothing: no samples
+        metrics = masked_heldout_metrics(model, val, recipe.evaluate.batch_size, recipe.evaluate.max_batches,
+                                         probability=recipe.train.mask_probability,
+                                         special_ids=eval_special_ids(tokens, tokenizer),
+                                         vocab_size=int(tokens.extra["vocab_size"]), seed=recipe.seed)
+        samples: list[dict[str, str]] = []
+    else:
+        metrics = heldout_metrics(model, val, recipe.evaluate.batch_size, recipe.evaluate.max_batches)
+        samples = generate_samples(model, tokenizer, recipe.evaluate.prompts, recipe.evaluate.max_new_tokens,
+                                   recipe.seed)
     report = {"recipe": recipe.name, "metrics": metrics, "samples": samples,
               "train": checkpoints.stats if checkpoints else {},
               "history": checkpoints.extra.get("history", []) if checkpoints else [],

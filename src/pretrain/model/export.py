@@ -1,8 +1,10 @@
 """Export the latest committed checkpoint as a normal Hugging Face model folder.
 
-safetensors weights, config.json, generation_config.json, the tokenizer files and a model card;
-``transformers.AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer`` load it as is. Files are
-uploaded first and the manifest last, so a half-exported folder is never taken as complete.
+safetensors weights, config.json (generation_config.json for causal LMs), the tokenizer files and a model
+card; ``AutoModelForCausalLM`` (causal LM) or ``AutoModelForMaskedLM`` (masked LM) and ``AutoTokenizer``
+load it as is. The skeleton the checkpoint's weights load into is the recipe's model, or for continued
+pre-training the ``model.init_from`` folder's architecture. Files are uploaded first and the manifest last,
+so a half-exported folder is never taken as complete.
 """
 
 from __future__ import annotations
@@ -14,25 +16,59 @@ from pathlib import Path
 from pretrain import storage
 from pretrain.config import Recipe, fingerprint
 from pretrain.manifest import Manifest, Shard, reuse
-from pretrain.model.build import build_model
+from pretrain.model.build import auto_class, build_model, pretrained_config
 from pretrain.train.checkpoint import load_model_weights
+
+KINDS = {"causal_lm": ("text-generation", "causal language model"),
+         "masked_lm": ("fill-mask", "masked language model (bidirectional encoder)")}
 
 CARD = """---
 library_name: transformers
-pipeline_tag: text-generation
+pipeline_tag: {pipeline}
 tags: [pretrain, base-model]
 ---
 # {name}
 
-A base (pre-trained, not instruction-tuned) causal language model trained by the `pretrain`
-platform from recipe `{name}`.
+A base (pre-trained, not instruction-tuned) {kind} trained by the `pretrain` platform from recipe `{name}`.
+Load it with `{auto}.from_pretrained` and `AutoTokenizer.from_pretrained`.
 
 - architecture: {arch}, {params:,} parameters, context {seq_len} tokens, vocabulary {vocab}
-- training: {steps} steps, {tokens:,} tokens seen
+- training: {steps} steps, {tokens:,} tokens seen{init_from}
 - final validation loss: {val_loss}
 
 The resolved recipe is in `recipe.json`.
 """
+
+
+def skeleton(recipe: Recipe, tokens: Manifest):
+    """The model the checkpoint's weights load into, in fp32 on the CPU."""
+    import torch
+
+    objective = recipe.train.objective
+    if recipe.model.init_from:
+        config, _ = pretrained_config(recipe.model.init_from, objective)
+        return auto_class(objective).from_config(config, dtype=torch.float32)
+    extra = tokens.extra
+    return build_model(recipe.model, int(extra["vocab_size"]), int(extra["eos_id"]), extra.get("pad_id"),
+                       recipe.seed, mask_id=extra.get("mask_id"))
+
+
+def copy_tokenizer(source: str, dest: Path, objective: str, mask_id: int | None) -> None:
+    """The tokenizer folder's files (never a model's files there: what ``save_pretrained`` wrote wins); a masked
+    LM's tokenizer config must name its mask token (fill-mask)."""
+    for f in Path(storage.local_copy(source)).iterdir():
+        model_file = f.suffix in (".safetensors", ".bin", ".pt") or f.name.endswith(".index.json")
+        if f.is_file() and not f.name.startswith(".") and not model_file and not (dest / f.name).exists():
+            (dest / f.name).write_bytes(f.read_bytes())
+    config = dest / "tokenizer_config.json"
+    if objective != "masked_lm" or mask_id is None or not config.exists():
+        return
+    settings = json.loads(config.read_text())
+    if not settings.get("mask_token"):
+        from tokenizers import Tokenizer
+
+        settings["mask_token"] = Tokenizer.from_file(str(dest / "tokenizer.json")).id_to_token(int(mask_id))
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def export_model(recipe: Recipe, checkpoints: Manifest, tokens: Manifest) -> Manifest:
@@ -40,28 +76,34 @@ def export_model(recipe: Recipe, checkpoints: Manifest, tokens: Manifest) -> Man
     fp = fingerprint(checkpoints.fingerprint, checkpoints.extra["latest"])
     if (done := reuse(root, fp)) is not None:
         return done
-    vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
-    model = build_model(recipe.model, vocab, eos, pad_id=None, seed=recipe.seed)
+    objective = recipe.train.objective
+    model = skeleton(recipe, tokens)
     load_model_weights(checkpoints.extra["latest"], model)
+    if objective == "causal_lm":
+        model.config.use_cache = True  # off while training; generation wants it
+    vocab = int(tokens.extra["vocab_size"])
     stats = checkpoints.stats
+    params = sum(p.numel() for p in model.parameters())
+    pipeline, kind = KINDS[objective]
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tok_dir = storage.local_copy(tokens.extra["tokenizer"])
-        for f in Path(tok_dir).iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                (Path(tmp) / f.name).write_bytes(f.read_bytes())
+        copy_tokenizer(tokens.extra["tokenizer"], Path(tmp), objective, tokens.extra.get("mask_id"))
         (Path(tmp) / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
         (Path(tmp) / "README.md").write_text(CARD.format(
-            name=recipe.name, arch=recipe.model.architecture, params=sum(p.numel() for p in model.parameters()),
-            seq_len=recipe.model.seq_len, vocab=vocab, steps=stats.get("steps"),
+            name=recipe.name, pipeline=pipeline, kind=kind, auto=auto_class(objective).__name__,
+            arch=model.config.model_type, params=params, seq_len=recipe.model.seq_len, vocab=vocab,
+            steps=stats.get("steps"),
             tokens=int(stats.get("steps") or 0) * recipe.train.micro_batch_size * recipe.train.grad_accum_steps
             * recipe.model.seq_len * int(stats.get("world_size") or 1),
+            init_from=f", continued from `{recipe.model.init_from}`" if recipe.model.init_from else "",
             val_loss=stats.get("final_val_loss")))
         files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
         storage.upload_dir(tmp, root)
         shards = [Shard(url=storage.join(root, p.name), rows=0, bytes=p.stat().st_size) for p in files]
     result = Manifest(kind="model", root=root, fingerprint=fp, shards=shards,
-                      stats={"parameters": sum(p.numel() for p in model.parameters()), "files": len(shards)},
-                      config=recipe.model.model_dump(), extra={"checkpoint": checkpoints.extra["latest"]})
+                      stats={"parameters": params, "files": len(shards)},
+                      config=recipe.model.model_dump(),
+                      extra={"checkpoint": checkpoints.extra["latest"], "objective": objective,
+                             "pipeline_tag": pipeline})
     result.save()
     return result

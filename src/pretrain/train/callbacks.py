@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain import storage
+from pretrain.model.flops import mfu
 
 
 @dataclass
@@ -24,6 +25,8 @@ class TrainState:
     rank: int
     flops_per_token: float
     peak_flops: float | None
+    world: int = 1
+    save_requested: bool = False  # by time (train.checkpoint_minutes) or SIGTERM, agreed by every rank
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -31,11 +34,15 @@ class Callback:
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
     def on_eval(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
     def on_checkpoint(self, state: TrainState, url: str) -> None: ...
+    def on_anomaly(self, state: TrainState, info: dict[str, Any]) -> None: ...
     def on_end(self, state: TrainState) -> None: ...
 
 
 class Throughput(Callback):
-    """Adds tokens/s and MFU (model FLOPs utilization, when the peak is known) to logged steps.
+    """Adds tokens/s (global and per device) and MFU to logged steps.
+
+    MFU is per device on both sides: the model FLOP/s one device delivers (global tokens/s / world x
+    FLOPs per token) over that device's peak for the precision used.
 
     Measured over all steps since the last logged one: the loop syncs with the device only when it
     logs, so shorter spans would time the queueing of GPU work, not the work.
@@ -55,9 +62,12 @@ class Throughput(Callback):
             return
         elapsed = time.perf_counter() - self._since
         tps = state.tokens_per_step * self._steps / max(elapsed, 1e-9)
+        per_device = tps / state.world
         metrics["tokens_per_second"] = tps
+        metrics["tokens_per_second_per_device"] = per_device
+        metrics["step_seconds"] = elapsed / self._steps
         if state.peak_flops:
-            metrics["mfu"] = tps * state.flops_per_token / state.peak_flops
+            metrics["mfu"] = mfu(per_device, state.flops_per_token, state.peak_flops)
         self._restart()
 
 
@@ -113,8 +123,15 @@ class MetricsLog(Callback):
     def on_checkpoint(self, state: TrainState, url: str) -> None:
         self.sync()
 
-    def on_end(self, state: TrainState) -> None:
+    def on_anomaly(self, state: TrainState, info: dict[str, Any]) -> None:
         if self.rank == 0:
+            self._append("anomaly", state, info)
+
+    def on_end(self, state: TrainState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.rank == 0 and not self._file.closed:
             self._file.close()
             self.sync()
 
@@ -124,11 +141,11 @@ def _round(v: Any) -> Any:
 
 
 class Checkpointing(Callback):
-    """Saves every ``interval`` steps and at the end, then tells the others (``on_checkpoint``)."""
+    """Saves every ``interval`` steps, at the end and when asked (time, SIGTERM), then tells the others."""
 
     def __init__(self, save: Callable[[int], str], interval: int, notify: Callable[[TrainState, str], None]) -> None:
         self.save, self.interval, self.notify = save, interval, notify
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        if state.step % self.interval == 0 or state.step == state.max_steps:
+        if state.step % self.interval == 0 or state.step == state.max_steps or state.save_requested:
             self.notify(state, self.save(state.step))

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -72,11 +72,31 @@ def _reader(url: str):
     return dcp.FileSystemReader(url)
 
 
+class ForeignCheckpoint(RuntimeError):
+    """Committed checkpoints under the run root were made by another model, seed or token data."""
+
+
 @dataclass
 class CheckpointManager:
+    """Saves, prunes and restores the run's checkpoints.
+
+    ``keep`` last ones are kept plus every ``keep_every``-th step. ``asynchronous`` saves with
+    ``dcp.async_save``: the state is staged to CPU memory (the only time the step waits), written by a
+    thread over its own gloo group, and committed (``extra.json`` + marker by rank 0 after every rank
+    finished) at the next save or at ``finish()``; until then it is not a checkpoint.
+    """
+
     root: str
     keep: int = 2
     fingerprint: str = ""
+    keep_every: int | None = None
+    asynchronous: bool = False
+    _pending: tuple[Any, int, str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _group: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.asynchronous and dist.is_available() and dist.is_initialized():
+            self._group = dist.new_group(backend="gloo")  # the writer thread's collectives stay off the training group
 
     def url(self, step: int) -> str:
         return storage.join(self.root, step_name(step))
@@ -90,32 +110,66 @@ class CheckpointManager:
         steps = self.steps()
         return steps[-1] if steps else None
 
+    def check_foreign(self) -> None:
+        """A clear error before step 1 when the run root holds checkpoints of another model, seed or data."""
+        if not self.fingerprint:
+            return
+        for step in committed_steps(self.root):
+            theirs = self.extra(step).get("fingerprint")
+            if theirs != self.fingerprint:
+                raise ForeignCheckpoint(
+                    f"{self.url(step)} was made by another model, seed or token data (fingerprint {theirs}, this "
+                    f"run's {self.fingerprint}): it cannot be resumed and would be mixed with this run's. Use another "
+                    f"run_root, or remove {self.root} to start over.")
+
     def save(self, step: int, model, optimizer, scheduler, extra: dict[str, Any] | None = None) -> str:
+        self.finish()
         url = self.url(step)
         if _rank() == 0 and storage.exists(url):
             storage.remove(url)  # a half-written folder from an interrupted save
         _barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _single_process_ok():
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(url))
+        state = {"model": model_sd, "optimizer": optim_sd}
+        meta = {"step": step, "scheduler": scheduler.state_dict(), "fingerprint": self.fingerprint,
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1, **(extra or {})}
         buf = io.BytesIO()
-        torch.save({"torch": torch.get_rng_state()}, buf)
+        torch.save(rng_state(), buf)
+        if self.asynchronous:
+            future = dcp.async_save(state, storage_writer=_writer(url), process_group=self._group)
+            storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
+            self._pending = (future, step, url, meta)
+            return url
+        with _single_process_ok():
+            dcp.save(state, storage_writer=_writer(url))
         storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
-        _barrier()
+        self._commit(step, url, meta)
+        return url
+
+    def finish(self) -> int | None:
+        """Wait for an asynchronous save and commit it; the step it committed, if any."""
+        if self._pending is None:
+            return None
+        future, step, url, meta = self._pending
+        self._pending = None
+        future.result()
+        self._commit(step, url, meta)
+        return step
+
+    def _commit(self, step: int, url: str, meta: dict[str, Any]) -> None:
+        _barrier()  # every rank's shard and RNG file are written
         if _rank() == 0:
-            meta = {"step": step, "scheduler": scheduler.state_dict(), "fingerprint": self.fingerprint,
-                    "world_size": dist.get_world_size() if dist.is_initialized() else 1, **(extra or {})}
             storage.write_text(storage.join(url, "extra.json"), json.dumps(meta, default=float))
             storage.write_text(storage.join(url, storage.COMMIT_MARKER), f"{step}\n")
             self._prune(step)
         _barrier()
-        return url
 
     def _prune(self, latest: int) -> None:
         committed = committed_steps(self.root)
         mine = self.steps(committed)
-        for step in mine[: max(0, len(mine) - self.keep)]:
-            storage.remove(self.url(step))
+        kept = set(mine[-self.keep:]) | {s for s in mine if self.keep_every and s % self.keep_every == 0}
+        for step in mine:
+            if step not in kept:
+                storage.remove(self.url(step))
         for name in storage.listdir(self.root):
             match = STEP_DIR.match(name)
             if match and int(match.group(1)) not in committed and int(match.group(1)) < latest:
@@ -124,9 +178,13 @@ class CheckpointManager:
     def extra(self, step: int) -> dict[str, Any]:
         return json.loads(storage.read_text(storage.join(self.url(step), "extra.json")))
 
-    def restore(self, model, optimizer, scheduler) -> int:
-        """Load the latest committed checkpoint made by the same run config; return its step (0 if none)."""
-        step = self.latest()
+    def restore(self, model, optimizer, scheduler, step: int | None = None) -> int:
+        """Load the latest (or the given) committed checkpoint of this run; return its step (0 if none).
+
+        Checkpoints of another model, seed or token data under the same root are an error, not ignored.
+        """
+        self.check_foreign()
+        step = self.latest() if step is None else step
         if step is None:
             return 0
         meta = self.extra(step)
@@ -138,10 +196,24 @@ class CheckpointManager:
         scheduler.load_state_dict(meta["scheduler"])
         rng_url = storage.join(self.url(step), f"rng-rank{_rank()}.pt")
         if storage.exists(rng_url):
-            torch.set_rng_state(torch.load(io.BytesIO(storage.read_bytes(rng_url)))["torch"])
+            set_rng_state(torch.load(io.BytesIO(storage.read_bytes(rng_url)), weights_only=False))
         if _rank() == 0:
             print(f"[checkpoint] resumed from {self.url(step)}", flush=True)
         return int(meta["step"])
+
+
+def rng_state() -> dict[str, Any]:
+    """This rank's random state: the CPU generator and, when CUDA is in use, the current device's."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def checkpoint_fingerprint(model_config: dict[str, Any], seed: int, tokens_fingerprint: str) -> str:

@@ -1,30 +1,43 @@
 """The training loop: short on purpose; checkpointing, logging and throughput are callbacks.
 
-Every rank runs the same code. Batches come from ``TokenLoader.batch(step, rank, world, batch)``, a pure
-function of the step, so the loader needs no state beyond the step number to resume.
+Every rank runs the same code. Batches come from ``TokenLoader.batch(index, rank, world, batch)``, a pure
+function of the data step, so the loader needs no state beyond the step number (and the batches a
+rollback skipped) to resume. The objective, the optimizer, the schedule and the parallel layout are each
+built by their own module; the loop only orders them and decides, once per step on every rank alike,
+whether the step updates the model and whether a checkpoint is due.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
+import resource
+import signal
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pretrain.config import Recipe
 from pretrain.manifest import Manifest
-from pretrain.model.build import build_model, flops_per_token
-from pretrain.model.masking import document_attention
-from pretrain.model.parallel import parallelize, unwrap
+from pretrain.model.build import build_model, check_vocab, init_weights, load_pretrained
+from pretrain.model.flops import flops_per_token, matmul_precision, peak_flops
+from pretrain.model.memory import available_memory, check_fits, estimate_memory
+from pretrain.model.parallel import clip_grad_norm, gradient_sync, parallelize, unwrap
 from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls, verify_shards
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
 from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
+from pretrain.train.objectives import TrainModule, evaluate_sums, mask_seed
+from pretrain.train.optim import build_optimizer
+from pretrain.train.schedule import build_scheduler, check_resume, current_lr, trajectory
+from pretrain.train.stability import StabilityGuard
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job is retried and resumes from the checkpoint just written
+
+
+class Preempted(SystemExit):
+    """SIGTERM (pod eviction, spot preemption): a checkpoint was written, the process exits non-zero."""
 
 
 @dataclass
@@ -49,15 +62,6 @@ def init_distributed(backend: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return schedule
-
-
 def loader_anchor(saved: dict | None, micro_step: int, world: int, micro_batch: int) -> tuple[int, int]:
     """Where the sample stream stands when resuming: the saved anchor when the world size and micro-batch are
     the same; else (this micro-step, the samples consumed so far), so the stream continues with no sample
@@ -71,55 +75,76 @@ def loader_anchor(saved: dict | None, micro_step: int, world: int, micro_batch: 
                                                    old_anchor))
 
 
-def causal_lm_loss(model, windows: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token loss over windows of seq_len+1 tokens; with ``document_ids``, attention stays in each document."""
-    if document_ids is None:
-        logits = model(input_ids=windows[:, :-1]).logits
-    else:
-        mask, positions = document_attention(document_ids[:, :-1])
-        logits = model(input_ids=windows[:, :-1], attention_mask=mask, position_ids=positions).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    if os.environ.get("PRETRAIN_PEAK_FLOPS"):
-        return float(os.environ["PRETRAIN_PEAK_FLOPS"])
+def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-    return None
-
-
-def all_reduce_mean(value: torch.Tensor, device: torch.device) -> float:
-    t = value.detach().to(device=device, dtype=torch.float64).reshape(1)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.item()
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # peak RSS (KiB on Linux)
 
 
 @torch.no_grad()
-def evaluate_loss(model, data: SequentialWindows, batch: int, max_batches: int, d: Dist, autocast) -> float:
-    """Mean loss over the same fixed validation windows every time, split across ranks.
+def evaluate_loss(module, data: SequentialWindows, batch: int, max_batches: int, d: Dist, autocast,
+                  seed: int) -> float:
+    """Mean loss per predicted token over the same fixed validation windows (and masks) every time.
 
-    Every rank runs the same number of forward passes (a rank short of batches repeats one and
-    discards it), as FSDP's collectives require.
+    Split across ranks; every rank runs the same number of forward passes (a rank short of batches repeats
+    one and discards it), as FSDP's collectives require. The masks are the evaluate step's, so a masked
+    LM's ``val_loss`` here and there agree.
     """
-    model.eval()
+    module.eval()
     batches = list(data.batches(batch, max_batches))
-    total, count = 0.0, 0
+    total = torch.zeros(3, dtype=torch.float64)
     for j in range(-(-len(batches) // d.world)):
         i = j * d.world + d.rank
-        windows = torch.from_numpy(batches[i if i < len(batches) else 0]).to(d.device)
+        windows = torch.from_numpy(batches[i if i < len(batches) else 0])
         with autocast():
-            loss = causal_lm_loss(model, windows)
+            sums = evaluate_sums(module, windows, mask_seed(seed, "eval", i))
         if i < len(batches):
-            total, count = total + loss.item() * len(windows), count + len(windows)
-    model.train()
-    t = torch.tensor([total, count], dtype=torch.float64, device=d.device)
+            total += sums.double().cpu()
+    module.train()
+    t = total.to(d.device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return (t[0] / t[1]).item()
+
+
+class StopSignal:
+    """SIGTERM sets a flag; the loop agrees on it across ranks at the end of the step and checkpoints."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_module(recipe: Recipe, tokens: Manifest, d: Dist):
+    """The model (fresh or continued from ``model.init_from``) inside its objective, checked to fit."""
+    cfg = recipe.train
+    vocab = int(tokens.extra["vocab_size"])
+    special = {"eos": int(tokens.extra["eos_id"]), "pad": tokens.extra.get("pad_id"),
+               "mask": tokens.extra.get("mask_id")}
+    available, source = available_memory(cfg, d.device)  # before the model takes any of it
+    meta = cfg.init_device == "meta" or (cfg.init_device == "auto" and cfg.parallel == "fsdp" and d.world > 1)
+    if recipe.model.init_from:
+        hf = load_pretrained(recipe.model.init_from, cfg.objective, recipe.model.seq_len, vocab)
+        meta = False
+    else:
+        hf = build_model(recipe.model, vocab, special["eos"], special["pad"], recipe.seed, mask_id=special["mask"],
+                         device="meta" if meta else "cpu")
+    check_vocab(hf, vocab)
+    estimate = estimate_memory(hf.config, cfg, d.world, cfg.micro_batch_size, recipe.model.seq_len,
+                               device_type=d.device.type)
+    if available:
+        check_fits(estimate, available, source)
+    fpt = flops_per_token(hf.config, recipe.model.seq_len, cfg.objective, cfg.mask_probability)
+    module = TrainModule(hf, cfg.objective, cfg.loss, cfg.mask_probability, special, vocab,
+                         tokenizer=tokens.extra.get("tokenizer") or None)
+    module = parallelize(module, cfg, d.device, init=(lambda m: init_weights(m, recipe.seed)) if meta else None)
+    return module, fpt, estimate
 
 
 def train(recipe: Recipe) -> dict:
@@ -128,92 +153,155 @@ def train(recipe: Recipe) -> dict:
     torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     tokens = Manifest.load(recipe.url("tokens"))
-    vocab, eos = int(tokens.extra["vocab_size"]), int(tokens.extra["eos_id"])
+    ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
+                             checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint),
+                             keep_every=cfg.keep_every,
+                             asynchronous=cfg.async_checkpoint == "on" or (cfg.async_checkpoint == "auto"
+                                                                           and d.device.type == "cuda"))
+    ckpt.check_foreign()  # before anything expensive
     if cfg.verify_tokens:
         verify_shards(tokens.shards, d.rank, d.world)
     train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
                              epochs=mixture_epochs(tokens.extra), document_masking=cfg.document_masking)
     val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
 
-    model = build_model(recipe.model, vocab, eos, seed=recipe.seed)
-    fpt = flops_per_token(model, recipe.model.seq_len)
-    model = parallelize(model, cfg, d.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.max_steps,
-                                                                       cfg.min_lr_ratio))
-    ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
-                             checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint))
-    start = ckpt.restore(model, optimizer, scheduler)
-    anchor = loader_anchor(ckpt.extra(start).get("loader") if start else None, start * cfg.grad_accum_steps,
-                           d.world, cfg.micro_batch_size)
+    module, fpt, estimate = build_module(recipe, tokens, d)
+    core = unwrap(module).model  # the Hugging Face model: checkpoints hold its keys
+    optimizer = build_optimizer(core, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    start = ckpt.restore(core, optimizer, scheduler)
+    saved = ckpt.extra(start) if start else {}
+    note = check_resume(saved["trajectory"], cfg, start) if start and "trajectory" in saved else None
+    if note and d.rank == 0:
+        print(f"[checkpoint] {note}", flush=True)
+    guard = StabilityGuard(cfg.stability, cfg.warmup_steps, saved.get("guard"))
+    offset = int(saved.get("loader", {}).get("offset", 0))  # batches skipped by rollbacks
+    anchor = loader_anchor(saved.get("loader"), (start + offset) * cfg.grad_accum_steps, d.world,
+                           cfg.micro_batch_size)
     use_bf16 = cfg.precision == "bf16"
 
     def autocast():
         return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, flops_per_token=fpt,
+    peak, peak_source = None, "logged by rank 0"
+    if d.rank == 0 or d.device.type == "cuda":  # a CPU probe (2048^2 matmuls, ~0.3 s) only where MFU is logged
+        peak, peak_source = peak_flops(d.device, matmul_precision(cfg.precision, cfg.tf32, d.device.type),
+                                       threads=torch.get_num_threads(), probe_size=2048)
+    state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, world=d.world, flops_per_token=fpt,
                        tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * recipe.model.seq_len * d.world,
-                       peak_flops=peak_flops(d.device, cfg.precision))
+                       peak_flops=peak)
     log = MetricsLog(recipe.url("train", "metrics.jsonl"), start, d.rank)
+    last_save = time.monotonic()
 
     def save(step: int) -> str:
-        micro_step = step * cfg.grad_accum_steps
+        nonlocal last_save
+        micro_step = (step + offset) * cfg.grad_accum_steps
         loader = {"world": d.world, "micro_batch": cfg.micro_batch_size, "anchor": list(anchor),
-                  "micro_step": micro_step,
+                  "micro_step": micro_step, "offset": offset,
                   "samples": TokenLoader.samples_before(micro_step, d.world, cfg.micro_batch_size, anchor)}
-        return ckpt.save(step, model, optimizer, scheduler, {"tokens_seen": step * state.tokens_per_step,
-                                                               "loader": loader})
+        url = ckpt.save(step, core, optimizer, scheduler, {
+            "tokens_seen": step * state.tokens_per_step, "loader": loader, "trajectory": trajectory(cfg),
+            "guard": guard.state_dict()})
+        last_save = time.monotonic()
+        return url
 
     def checkpointed(state: TrainState, url: str) -> None:
         for cb in callbacks:
             cb.on_checkpoint(state, url)
 
-    callbacks: list[Callback] = [Throughput(), log]
-    callbacks.append(Checkpointing(save, cfg.checkpoint_interval, checkpointed))
+    callbacks: list[Callback] = [Throughput(), log, Checkpointing(save, cfg.checkpoint_interval, checkpointed)]
 
     def run_eval() -> None:
-        loss = evaluate_loss(model, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast)
+        loss = evaluate_loss(module, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast, recipe.seed)
         metrics = {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
         for cb in callbacks:
             cb.on_eval(state, metrics)
 
-    if start == 0:
-        run_eval()
-    model.train()
-    for step in range(start + 1, cfg.max_steps + 1):
-        state.step = step
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=d.device)
-        for micro in range(cfg.grad_accum_steps):
-            rows = train_data.batch((step - 1) * cfg.grad_accum_steps + micro, d.rank, d.world, cfg.micro_batch_size,
-                                    anchor)
-            windows = torch.from_numpy(rows.tokens).to(d.device)
-            documents = None if rows.document_ids is None else torch.from_numpy(rows.document_ids).to(d.device)
-            last = micro == cfg.grad_accum_steps - 1
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:  # DDP all-reduces gradients on the last micro-batch only
-                with autocast():
-                    loss = causal_lm_loss(model, windows, documents) / cfg.grad_accum_steps
-                loss.backward()
-            total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        metrics: dict[str, float] = {}
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:  # the only host sync of a training step
-            metrics = {"loss": all_reduce_mean(total, d.device), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm)}
-        for cb in callbacks:
-            cb.on_step(state, metrics)
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+    if d.rank == 0:
+        print(f"[train] {sum(p.numel() for p in core.parameters()):,} parameters, {fpt / 1e6:.1f} MFLOP/token, "
+              f"peak {peak / 1e12 if peak else 0:.1f} TFLOP/s ({peak_source}), {estimate.describe()}", flush=True)
+    stop = StopSignal()
+    try:
+        if start == 0:
             run_eval()
-    for cb in callbacks:
-        cb.on_end(state)
-    consumed = TokenLoader.samples_before(state.step * cfg.grad_accum_steps, d.world, cfg.micro_batch_size, anchor)
+        module.train()
+        step = start
+        while step < cfg.max_steps:
+            step += 1
+            state.step = step
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=d.device)
+            for micro in range(cfg.grad_accum_steps):
+                index = (step + offset - 1) * cfg.grad_accum_steps + micro
+                rows = train_data.batch(index, d.rank, d.world, cfg.micro_batch_size, anchor)
+                windows = torch.from_numpy(rows.tokens)  # the objective moves them (masked LM masks on the CPU)
+                documents = None if rows.document_ids is None else torch.from_numpy(rows.document_ids)
+                with gradient_sync(module, enabled=micro == cfg.grad_accum_steps - 1), autocast():
+                    loss = module(windows, documents, mask_seed=mask_seed(recipe.seed, index, d.rank))
+                (loss / cfg.grad_accum_steps).backward()
+                total += loss.detach() / cfg.grad_accum_steps
+            grad_norm = clip_grad_norm(module, cfg.grad_clip or float("inf"))
+            lr = current_lr(optimizer)  # the learning rate this step uses
+            due = bool(cfg.checkpoint_minutes and time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
+            control = torch.stack([total.double(), grad_norm.double().to(d.device),
+                                   torch.tensor(float(due), dtype=torch.float64, device=d.device),
+                                   torch.tensor(float(stop.received), dtype=torch.float64, device=d.device)])
+            if dist.is_initialized():  # one small all-reduce and host sync a step: every rank decides alike
+                dist.all_reduce(control)
+            loss_mean, norm, due_any, stop_any = control.tolist()
+            loss_mean, norm = loss_mean / d.world, norm / d.world
+            reason = guard.judge(step, loss_mean, norm) if guard.enabled else None
+            if reason:
+                guard.record(step, reason)
+                ckpt.finish()
+                rollback = cfg.stability.action == "rollback" and ckpt.latest() is not None
+                for cb in callbacks:
+                    cb.on_anomaly(state, {"anomaly": reason, "loss": loss_mean, "grad_norm": norm,
+                                          "action": "rollback" if rollback else "skip",
+                                          "anomalies": guard.state.anomalies})
+                if rollback:
+                    restored = ckpt.restore(core, optimizer, scheduler, ckpt.latest())
+                    offset += step - restored  # skip the batches that led here
+                    step = restored
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+            scheduler.step()
+            metrics: dict[str, float] = {}
+            if (step % cfg.log_interval == 0 or step == cfg.max_steps) and not reason:  # a skipped step: its anomaly row
+                metrics = {"loss": loss_mean, "lr": lr, "grad_norm": norm,
+                           "peak_memory_gb": peak_memory_gb(d.device)}
+                if guard.state.anomalies:
+                    metrics["anomalies"] = guard.state.anomalies
+            state.save_requested = due_any > 0 or stop_any > 0
+            for cb in callbacks:
+                cb.on_step(state, metrics)
+            if stop_any:
+                ckpt.finish()
+                if d.rank == 0:
+                    print(f"[train] SIGTERM: checkpoint at step {step} written, exiting", flush=True)
+                raise Preempted(PREEMPTED_EXIT)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                run_eval()
+        ckpt.finish()
+        for cb in callbacks:
+            cb.on_end(state)
+    except Preempted:
+        log.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    finally:
+        stop.restore()
+    consumed = TokenLoader.samples_before((state.step + offset) * cfg.grad_accum_steps, d.world,
+                                          cfg.micro_batch_size, anchor)
     trained = {k: v * recipe.model.seq_len for k, v in train_data.sources_of(0, consumed).items()}
     summary = {"step": state.step, "history": log.rows, "world_size": d.world, "device": d.device.type,
-               "parameters": sum(p.numel() for p in unwrap(model).parameters()),
-               "trained_tokens_by_source": trained}
+               "parameters": sum(p.numel() for p in core.parameters()),
+               "trained_tokens_by_source": trained, "anomalies": guard.state.anomalies,
+               "flops_per_token": fpt, "peak_flops": peak, "peak_flops_source": peak_source,
+               "memory_estimate_gb": estimate.total / 1e9}
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
