@@ -269,7 +269,7 @@ def train(recipe: Recipe) -> dict:
                 optimizer.step()
             scheduler.step()
             metrics: dict[str, float] = {}
-            if (step % cfg.log_interval == 0 or step == cfg.max_steps) and not reason:  # a skipped step: its anomaly row
+            if (step % cfg.log_interval == 0 or step == cfg.max_steps) and not reason:  # skipped: anomaly row
                 metrics = {"loss": loss_mean, "lr": lr, "grad_norm": norm,
                            "peak_memory_gb": peak_memory_gb(d.device)}
                 if guard.state.anomalies:
