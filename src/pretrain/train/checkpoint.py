@@ -81,9 +81,10 @@ class CheckpointManager:
     """Saves, prunes and restores the run's checkpoints.
 
     ``keep`` last ones are kept plus every ``keep_every``-th step. ``asynchronous`` saves with
-    ``dcp.async_save``: the state is staged to CPU memory (the only time the step waits), written by a
-    thread over its own gloo group, and committed (``extra.json`` + marker by rank 0 after every rank
-    finished) at the next save or at ``finish()``; until then it is not a checkpoint.
+    ``dcp.async_save``: the state is copied to CPU memory by a background thread while the next step
+    computes (``wait_staged()``, called before the optimizer changes the weights, is the only wait), written
+    by another thread over its own gloo group, and committed (``extra.json`` + marker by rank 0 after every
+    rank finished) at the next save or at ``finish()``; until then it is not a checkpoint.
     """
 
     root: str
@@ -92,6 +93,8 @@ class CheckpointManager:
     keep_every: int | None = None
     asynchronous: bool = False
     _pending: tuple[Any, int, str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _staging: Any = field(default=None, init=False, repr=False)
+    _stager: Any = field(default=None, init=False, repr=False)
     _group: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +138,15 @@ class CheckpointManager:
         buf = io.BytesIO()
         torch.save(rng_state(), buf)
         if self.asynchronous:
-            future = dcp.async_save(state, storage_writer=_writer(url), process_group=self._group)
+            if self._stager is None:
+                from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+                cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+                self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                            use_async_staging=True, use_non_blocking_copy=cuda))
+            response = dcp.async_save(state, storage_writer=_writer(url), process_group=self._group,
+                                      async_stager=self._stager)
+            self._staging, future = response.staging_completion, response.upload_completion
             storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
             self._pending = (future, step, url, meta)
             return url
@@ -147,6 +158,7 @@ class CheckpointManager:
 
     def finish(self) -> int | None:
         """Wait for an asynchronous save and commit it; the step it committed, if any."""
+        self.wait_staged()
         if self._pending is None:
             return None
         future, step, url, meta = self._pending
@@ -154,6 +166,19 @@ class CheckpointManager:
         future.result()
         self._commit(step, url, meta)
         return step
+
+    def wait_staged(self) -> None:
+        """Block until an asynchronous save has its copy of the state: call before the weights change."""
+        if self._staging is not None:
+            self._staging.result()
+            self._staging = None
+
+    def close(self) -> None:
+        """Commit what is pending and release the staging buffers."""
+        self.finish()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
     def _commit(self, step: int, url: str, meta: dict[str, Any]) -> None:
         _barrier()  # every rank's shard and RNG file are written

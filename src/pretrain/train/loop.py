@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -265,9 +266,13 @@ def train(recipe: Recipe) -> dict:
                     step = restored
                     continue
                 optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a skipped step still moves the schedule: the step is spent
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step")
+                    scheduler.step()
             else:
+                ckpt.wait_staged()  # an asynchronous save has copied the weights it saves
                 optimizer.step()
-            scheduler.step()
+                scheduler.step()
             metrics: dict[str, float] = {}
             if (step % cfg.log_interval == 0 or step == cfg.max_steps) and not reason:  # skipped: anomaly row
                 metrics = {"loss": loss_mean, "lr": lr, "grad_norm": norm,
@@ -284,7 +289,7 @@ def train(recipe: Recipe) -> dict:
                 raise Preempted(PREEMPTED_EXIT)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 run_eval()
-        ckpt.finish()
+        ckpt.close()
         for cb in callbacks:
             cb.on_end(state)
     except Preempted:
