@@ -27,9 +27,14 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, windows, document_ids=None, mask_seed=None):
+    def forward(self, windows, document_ids=None, mask_seed=None, sums=False):
         logits = self.model(input_ids=windows[:, :-1]).logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
+        if sums:  # [summed loss, tokens, correct], as the loop's held-out pass asks
+            count = windows[:, 1:].numel()
+            return torch.stack([loss.double() * count, torch.tensor(count, dtype=torch.float64),
+                                torch.tensor(0.0, dtype=torch.float64)])
+        return loss
 
 
 def init(model: nn.Module) -> None:

@@ -188,7 +188,18 @@ def test_regional_compile_one_graph_for_every_block(monkeypatch):
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-5)
     for k, g in grads.items():
         torch.testing.assert_close(compiled_grads[k], g, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():  # eval (no grad: no checkpoint) is one more graph, still shared by both blocks
+    import contextlib
+
+    from pretrain.train.loop import Dist, evaluate_loss
+
+    class Held:  # two held-out batches
+        def batches(self, batch, max_batches):
+            return [w.numpy() for w in data(2)]
+
+    d = Dist(rank=0, world=1, local_rank=0, device=CPU)
+    assert evaluate_loss(module, Held(), 2, 2, d, contextlib.nullcontext, seed=0) > 0
+    assert counters["stats"]["unique_graphs"] == 1  # the loop's held-out pass runs eagerly: no second graph
+    with torch.no_grad():  # a no-grad forward outside it is one more graph, still shared by both blocks
         assert module(windows).isfinite()
     assert counters["stats"]["unique_graphs"] == 2
 
