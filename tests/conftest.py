@@ -50,3 +50,14 @@ def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "root")
     return request.getfixturevalue("s3") + "/root"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster, and far faster on a shared, loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,14 +8,7 @@ import torch
 from pretrain.config import ModelConfig
 from pretrain.model.build import InitFromError, build_model, check_vocab, init_weights, load_pretrained
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is faster, and far faster on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one thread is faster
 
 
 SHAPE = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "seq_len": 16}

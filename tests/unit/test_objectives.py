@@ -14,14 +14,7 @@ from pretrain.tokens import document_ids
 from pretrain.train.objectives import TrainModule, evaluate_sums, mask_seed
 from pretrain.train.objectives.masked import encoder_attention, mask_tokens
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is faster, and far faster on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one thread is faster
 
 
 SPECIAL = {"eos": 0, "pad": 1, "mask": 2}
