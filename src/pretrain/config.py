@@ -436,6 +436,110 @@ class ModelConfig(_Strict):
         return self
 
 
+IMAGE_REPOSITORY = "ghcr.io/pretrain-dev/pretrain"  # data steps and CPU training
+CUDA_IMAGE_REPOSITORY = "ghcr.io/pretrain-dev/pretrain-cuda"  # GPU training
+# An image reference with an explicit tag or digest: "repo/name:tag", "repo/name@sha256:<64 hex>" or both.
+_IMAGE_RE = re.compile(r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+                       r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+
+
+def check_image(image: str) -> str:
+    """``image`` names a tag or a digest: ``latest`` by omission would make a run unreproducible."""
+    match = _IMAGE_RE.match(image)
+    if not match:
+        raise ValueError(f"{image!r} is not an image reference (registry/name:tag or registry/name@sha256:...)")
+    if not match["tag"] and not match["digest"]:
+        raise ValueError(f"image {image!r} has neither a tag nor a digest: name one (e.g. {image}:1.0 or "
+                         f"{image}@sha256:...)")
+    return image
+
+
+class Toleration(_Strict):
+    """A Kubernetes toleration, e.g. of the ``nvidia.com/gpu`` taint that GPU node pools carry."""
+
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class NodePool(_Strict):
+    """Where one kind of pod runs: the nodes' labels to select, the taints to tolerate, what one node offers."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpus_per_node: Annotated[int, Field(ge=0)] = 0
+    cpus_per_node: Annotated[float, Field(gt=0.0)] | None = None
+    memory_gb_per_node: Annotated[float, Field(gt=0.0)] | None = None
+
+
+def _gpu_pool() -> NodePool:
+    return NodePool(node_selector={"nvidia.com/gpu.present": "true"},
+                    tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+                    gpus_per_node=8)
+
+
+class Resources(_Strict):
+    """What one pod asks for (requests = limits): CPU cores, memory, GPUs and its memory-backed /dev/shm."""
+
+    cpu: Annotated[float, Field(gt=0.0)] = 2.0
+    memory_gb: Annotated[float, Field(gt=0.0)] = 8.0
+    gpus: Annotated[int, Field(ge=0)] = 0
+    shm_gb: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class ElasticConfig(_Strict):
+    """PyTorchJob elastic policy: the job runs with ``min_nodes``..``max_nodes`` nodes, restarting up to
+    ``max_restarts`` times when nodes come and go."""
+
+    min_nodes: PositiveInt = 1
+    max_nodes: PositiveInt = 1
+    max_restarts: Annotated[int, Field(ge=0)] = 3
+
+
+class ClusterConfig(_Strict):
+    """Settings for running on Kubernetes (KFP steps, PyTorchJob/TrainJob training). Credentials are never
+    here: pods read them from the Secret ``s3_secret`` (keys AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY)."""
+
+    namespace: DnsLabel = "pretrain"
+    image: str | None = None  # data steps (and CPU training); default: the published tag of this version
+    train_image: str | None = None  # default: the CUDA image when train.resources.gpus > 0, else ``image``
+    s3_secret: DnsLabel = "pretrain-s3"
+    service_account: str | None = None  # the KFP run's service account (pretrain submit)
+    train_service_account: str | None = "pretrain-train"  # training job pods
+    priority_class: str | None = "pretrain-training"  # training job pods (manifests/base creates it)
+    gpu_pool: NodePool = Field(default_factory=_gpu_pool)
+    cpu_pool: NodePool = Field(default_factory=NodePool)
+    step_resources: Resources = Field(default_factory=lambda: Resources(cpu=2.0, memory_gb=8.0, shm_gb=1.0))
+    step_timeout_minutes: PositiveInt | None = 24 * 60  # each data step; training waits as long as it runs
+    step_retries: Annotated[int, Field(ge=0)] = 2  # data steps, with exponential backoff
+
+    @model_validator(mode="after")
+    def _images(self) -> ClusterConfig:
+        for key in ("image", "train_image"):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    check_image(value)
+                except ValueError as err:
+                    raise ValueError(f"{key}: {err}") from None
+        return self
+
+    def step_image(self) -> str:
+        from pretrain import __version__
+
+        return self.image or f"{IMAGE_REPOSITORY}:{__version__}"
+
+    def training_image(self, gpus: int) -> str:
+        from pretrain import __version__
+
+        if self.train_image:
+            return self.train_image
+        return f"{CUDA_IMAGE_REPOSITORY}:{__version__}" if gpus else self.step_image()
+
+
 class StabilityConfig(_Strict):
     """What a bad step does: a non-finite loss or gradient norm, or a loss above ``spike_factor`` x its
     running mean (after ``warmup_steps``), is skipped (no update) or rolled back to the last checkpoint
@@ -478,7 +582,11 @@ class TrainConfig(_Strict):
     init_device: Literal["auto", "meta", "device"] = "auto"  # auto: meta (then sharded) under fsdp
     memory_gb: Annotated[float, Field(gt=0.0)] | None = None  # per device; default: detected
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    launcher: Literal["local"] = "local"
+    # local: torchrun on this machine (in the KFP step's pod on a cluster); pytorchjob: a Training Operator
+    # PyTorchJob (kubeflow.org/v1); trainjob: a Kubeflow Trainer v2 TrainJob. nnodes x nproc_per_node ranks.
+    launcher: Literal["local", "pytorchjob", "trainjob"] = "local"
+    resources: Resources = Field(default_factory=Resources)  # per node (pod) of a cluster training job
+    elastic: ElasticConfig | None = None  # pytorchjob only
     nnodes: PositiveInt = 1
     nproc_per_node: PositiveInt = 2
     threads_per_process: PositiveInt | None = None
@@ -526,6 +634,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Recipe:
@@ -546,10 +655,34 @@ class Recipe(_Strict):
         elif encoder != (self.train.objective == "masked_lm") and not self.model.init_from:
             raise ValueError(f"model.architecture {self.model.architecture} cannot train train.objective "
                              f"{self.train.objective}: causal_lm takes llama, masked_lm bert or modernbert")
+        self._check_cluster()
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "
                              f"({self.model.init_from}): continued pre-training uses the model's own tokenizer")
         return self
+
+    def _check_cluster(self) -> None:
+        train, pool = self.train, self.cluster.gpu_pool
+        if train.resources.gpus > pool.gpus_per_node:
+            raise ValueError(f"train.resources.gpus: {train.resources.gpus} GPUs per node, but cluster.gpu_pool "
+                             f"offers {pool.gpus_per_node} per node (cluster.gpu_pool.gpus_per_node)")
+        if train.resources.gpus and train.nproc_per_node != train.resources.gpus:
+            raise ValueError(f"train.nproc_per_node ({train.nproc_per_node}) must equal train.resources.gpus "
+                             f"({train.resources.gpus}): one process per GPU")
+        for key, limit in (("cpu", "cpus_per_node"), ("memory_gb", "memory_gb_per_node")):
+            offered = getattr(pool if train.resources.gpus else self.cluster.cpu_pool, limit)
+            if offered is not None and getattr(train.resources, key) > offered:
+                raise ValueError(f"train.resources.{key}: {getattr(train.resources, key)} per node, but the node "
+                                 f"pool offers {offered} ({limit})")
+        if train.launcher != "local" and (self.run_root is None or not storage.is_remote(self.run_root)):
+            raise ValueError(f"train.launcher {train.launcher} runs training in pods that cannot reach a local "
+                             f"run root ({self.run_root or 'runs/' + self.name}): set run_root=s3://bucket/...")
+        if train.elastic is not None:
+            if train.launcher != "pytorchjob":
+                raise ValueError("train.elastic: only train.launcher pytorchjob has an elastic mode")
+            if not train.elastic.min_nodes <= train.nnodes <= train.elastic.max_nodes:
+                raise ValueError(f"train.elastic: train.nnodes ({train.nnodes}) must lie within min_nodes.."
+                                 f"max_nodes ({train.elastic.min_nodes}..{train.elastic.max_nodes})")
 
     @property
     def root(self) -> str:
@@ -578,10 +711,12 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
         key = _error_key(loc)
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r:.60})"
+        whole_section = e["type"] == "value_error" and isinstance(e.get("input"), dict)
+        quiet = e["type"] in ("extra_forbidden", "missing") or whole_section
+        shown = "" if quiet else f" (got {e.get('input')!r:.60})"
         lines.append(f"{key}: {msg}{shown}")
     return f"invalid recipe {origin}: " + "; ".join(lines)
 
