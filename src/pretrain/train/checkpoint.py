@@ -9,6 +9,7 @@ A folder without the marker is never loaded and is cleaned up by the next save.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -96,6 +97,8 @@ class CheckpointManager:
     _staging: Any = field(default=None, init=False, repr=False)
     _stager: Any = field(default=None, init=False, repr=False)
     _group: Any = field(default=None, init=False, repr=False)
+    # committed checkpoints' extra.json never changes: read each once (on S3 every read is a round trip)
+    _extras: dict[int, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.asynchronous and dist.is_available() and dist.is_initialized():
@@ -128,6 +131,7 @@ class CheckpointManager:
     def save(self, step: int, model, optimizer, scheduler, extra: dict[str, Any] | None = None) -> str:
         self.finish()
         url = self.url(step)
+        self._extras.pop(step, None)
         if _rank() == 0 and storage.exists(url):
             storage.remove(url)  # a half-written folder from an interrupted save
         _barrier()
@@ -195,13 +199,16 @@ class CheckpointManager:
         for step in mine:
             if step not in kept:
                 storage.remove(self.url(step))
+                self._extras.pop(step, None)
         for name in storage.listdir(self.root):
             match = STEP_DIR.match(name)
             if match and int(match.group(1)) not in committed and int(match.group(1)) < latest:
                 storage.remove(storage.join(self.root, name))
 
     def extra(self, step: int) -> dict[str, Any]:
-        return json.loads(storage.read_text(storage.join(self.url(step), "extra.json")))
+        if step not in self._extras:
+            self._extras[step] = json.loads(storage.read_text(storage.join(self.url(step), "extra.json")))
+        return copy.deepcopy(self._extras[step])  # callers (the scheduler's load_state_dict) may keep parts
 
     def restore(self, model, optimizer, scheduler, step: int | None = None) -> int:
         """Load the latest (or the given) committed checkpoint of this run; return its step (0 if none).
