@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -41,20 +42,31 @@ def torchrun_commands(job: LocalJob, port: int | None = None, run_id: str | None
              f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rid}", *tail] for n in range(job.nnodes)]
 
 
-def run(job: LocalJob) -> None:
-    """Run the job to completion; raise with the exit codes if any node fails."""
+def run(job: LocalJob, poll_seconds: float = 0.5) -> None:
+    """Run the job to completion; raise with the exit codes if any node fails.
+
+    When one simulated node fails, the others are stopped at once: on their own they would wait out the
+    rendezvous or a collective's timeout (many minutes) for a peer that will never come back."""
     env = dict(os.environ)
     threads = job.threads_per_process or max(1, (os.cpu_count() or 1) // (job.nproc_per_node * job.nnodes))
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("PYTHONUNBUFFERED", "1")
     procs = [subprocess.Popen(cmd, env=env) for cmd in torchrun_commands(job)]
     try:
-        codes = [p.wait() for p in procs]
-    except BaseException:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() for p in procs):  # one node failed (non-zero exit code)
+                break
+            time.sleep(poll_seconds)
+    finally:
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
-            p.wait()
-        raise
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    codes = [p.returncode for p in procs]
     if any(codes):
         raise RuntimeError(f"training failed: torchrun exit codes {codes} (see the log above)")
