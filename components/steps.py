@@ -1,32 +1,33 @@
 """The pipeline's components. Each body: imports, one call into ``pretrain``, writing its outputs.
 
 Lightweight Python components: KFP ships each function's source to the step's container (or to a
-local subprocess) where ``pretrain`` is installed, so the imports live inside the bodies.
+local subprocess) where ``pretrain`` is installed, so the imports live inside the bodies. The
+functions here are plain; ``components(image)`` makes them KFP components on a given image, so the
+image comes from the recipe (``cluster.image``) or ``pretrain compile --image`` at compile time.
 """
 
-
-import os
+from types import SimpleNamespace
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-IMAGE = os.environ.get("PRETRAIN_IMAGE", "ghcr.io/pretrain-dev/pretrain:0.1.0")
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def plan(recipe: str, manifest: Output[Artifact], summary: Output[Markdown], metrics: Output[Metrics]) -> list:
-    """Resolve the sources into input partitions (built-in corpora are built here)."""
+    """Create the run root's bucket when missing, then resolve the sources into input partitions (built-in
+    corpora are built here)."""
     from pretrain.components.outputs import write_outputs
 
     from pretrain.config import from_json
     from pretrain.data.plan import plan as run
+    from pretrain.storage import ensure_bucket
 
-    result = run(from_json(recipe))
+    parsed = from_json(recipe)
+    ensure_bucket(parsed.root, secret=parsed.cluster.s3_secret)
+    result = run(parsed)
     write_outputs(result, manifest, summary, metrics)
     return result.extra["partitions"]
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(recipe: str, partition: dict, manifest: Output[Dataset], summary: Output[Markdown],
            metrics: Output[Metrics]):
     """Read one partition of a raw source into a Parquet documents shard."""
@@ -38,7 +39,6 @@ def ingest(recipe: str, partition: dict, manifest: Output[Dataset], summary: Out
     write_outputs(run(from_json(recipe), partition), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Dataset],
                      summary: Output[Markdown], metrics: Output[Metrics]):
     """Apply the quality rules; dropped documents are kept aside with their reason."""
@@ -50,7 +50,6 @@ def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Da
     write_outputs(filter_shard(from_json(recipe), read_manifest(documents)), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_plan(recipe: str, filtered: Input[list[Dataset]]) -> list:
     """Order the filtered partitions for dedup and save the plan; the partition indices to fan out over."""
     from pretrain.components.outputs import read_manifest
@@ -61,7 +60,6 @@ def dedup_plan(recipe: str, filtered: Input[list[Dataset]]) -> list:
     return make_plan(from_json(recipe), [read_manifest(a) for a in filtered]).partitions
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_sketch(recipe: str, partition: int) -> str:
     """One partition: exact keys by prefix shard, MinHash signatures and LSH band keys."""
     import json
@@ -71,7 +69,6 @@ def dedup_sketch(recipe: str, partition: int) -> str:
     return json.dumps(sketch_one(recipe, int(partition)))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_bucket_plan(recipe: str, sketched: list, groups: int) -> list:
     """After every sketch: the bucket units (exact prefix shards, LSH bands) dealt into task groups."""
     from pretrain.config import from_json
@@ -81,7 +78,6 @@ def dedup_bucket_plan(recipe: str, sketched: list, groups: int) -> list:
     return bucket_groups(load_plan(from_json(recipe)), int(groups))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_buckets(recipe: str, units: list) -> str:
     """Some bucket units: duplicate exact keys of a prefix shard, candidate pairs of a band."""
     import json
@@ -91,7 +87,6 @@ def dedup_buckets(recipe: str, units: list) -> str:
     return json.dumps(buckets_some(recipe, list(units)))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_cluster(recipe: str, bucketed: list) -> list:
     """Verified pairs -> connected components -> the removals of each partition; the partitions to fan out over."""
     from pretrain.config import from_json
@@ -103,7 +98,6 @@ def dedup_cluster(recipe: str, bucketed: list) -> list:
     return plan.partitions
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup_remove(recipe: str, partition: int) -> str:
     """One partition's deduplicated shard (one representative per cluster kept)."""
     import json
@@ -113,7 +107,6 @@ def dedup_remove(recipe: str, partition: int) -> str:
     return json.dumps(remove_one(recipe, int(partition))["stats"])
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def dedup(recipe: str, removed: list, manifest: Output[Dataset], summary: Output[Markdown], metrics: Output[Metrics]):
     """The deduplicated documents manifest: stats per source and kind, the ledger, the cluster report."""
     from pretrain.components.outputs import write_outputs
@@ -125,7 +118,6 @@ def dedup(recipe: str, removed: list, manifest: Output[Dataset], summary: Output
     write_outputs(finish(load_plan(from_json(recipe))), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tokenize_prepare(recipe: str, documents: Input[Dataset]) -> list:
     """Train or load the tokenizer, choose the encoder, save the plan; the partition indices to encode."""
     from pretrain.components.outputs import read_manifest
@@ -136,7 +128,6 @@ def tokenize_prepare(recipe: str, documents: Input[Dataset]) -> list:
     return list(range(len(prepare(from_json(recipe), read_manifest(documents)).partitions)))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tokenize_encode(recipe: str, partition: int) -> str:
     """One documents partition -> its train and validation token shards."""
     import json
@@ -146,7 +137,6 @@ def tokenize_encode(recipe: str, partition: int) -> str:
     return json.dumps(encode_one(recipe, int(partition)))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tokenize(recipe: str, encoded: list, manifest: Output[Dataset], summary: Output[Markdown],
              metrics: Output[Metrics]):
     """After every partition: counts per source, the mixture and the validation check; the tokens manifest."""
@@ -159,19 +149,26 @@ def tokenize(recipe: str, encoded: list, manifest: Output[Dataset], summary: Out
     write_outputs(finish(parsed, load_plan(parsed)), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(recipe: str, tokens: Input[Dataset], manifest: Output[Artifact], summary: Output[Markdown],
+def train(recipe: str, run_id: str, tokens: Input[Dataset], manifest: Output[Artifact], summary: Output[Markdown],
           metrics: Output[Metrics]):
-    """Launch the training job (torchrun locally) and describe its committed checkpoints."""
+    """Launch the training job (torchrun in this pod, or a PyTorchJob/TrainJob named after ``run_id``, which a
+    retry attaches to) and describe its committed checkpoints."""
     from pretrain.components.outputs import read_manifest, write_outputs
 
     from pretrain.config import from_json
     from pretrain.train.step import train_step
 
-    write_outputs(train_step(from_json(recipe), read_manifest(tokens)), manifest, summary, metrics)
+    write_outputs(train_step(from_json(recipe), read_manifest(tokens), run_id=run_id), manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def cleanup(recipe: str, run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """The exit handler: a run that did not succeed deletes its cluster training job (a no-op otherwise)."""
+    from pretrain.config import from_json
+    from pretrain.train.step import cleanup_step
+
+    print(cleanup_step(from_json(recipe), run_id, status.state))
+
+
 def export(recipe: str, checkpoints: Input[Artifact], tokens: Input[Dataset], manifest: Output[Model],
            summary: Output[Markdown], metrics: Output[Metrics]):
     """Export the latest checkpoint as a Hugging Face model folder."""
@@ -184,7 +181,6 @@ def export(recipe: str, checkpoints: Input[Artifact], tokens: Input[Dataset], ma
                   manifest, summary, metrics)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(recipe: str, model: Input[Model], tokens: Input[Dataset], checkpoints: Input[Artifact],
              manifest: Output[Artifact], summary: Output[Markdown], metrics: Output[Metrics], report: Output[HTML]):
     """Held-out loss, perplexity, bits per byte and samples; the report for the KFP UI."""
@@ -200,3 +196,16 @@ def evaluate(recipe: str, model: Input[Model], tokens: Input[Dataset], checkpoin
         f.write(read_text(result.extra["report_md"]))
     with open(report.path, "w") as f:
         f.write(read_text(result.extra["report_html"]))
+
+
+STEPS = (plan, ingest, filter_documents, dedup_plan, dedup_sketch, dedup_bucket_plan, dedup_buckets, dedup_cluster,
+         dedup_remove, dedup, tokenize_prepare, tokenize_encode, tokenize, train, export, evaluate, cleanup)
+
+
+def components(image: str, train_image: str | None = None) -> SimpleNamespace:
+    """Every step as a lightweight KFP component on ``image`` (the train step on ``train_image``), with no
+    pip install at run time: ``pretrain`` is in the image."""
+    return SimpleNamespace(**{
+        f.__name__: dsl.component(f, base_image=(train_image or image) if f is train else image,
+                                  install_kfp_package=False)
+        for f in STEPS})

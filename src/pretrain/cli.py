@@ -21,7 +21,9 @@ EXAMPLES = """examples:
   pretrain run tiny train.max_steps=50         a bundled recipe with an override
   pretrain run my.yaml run_root=s3://bucket/runs/exp1
   pretrain compile quickstart -o pipeline.yaml upload pipeline.yaml in the KFP UI
+  pretrain compile gpu-125m --image registry.example/pretrain:1.0 -o gpu.yaml
   pretrain submit quickstart run_root=s3://pretrain/runs/qs --host http://localhost:8080
+  pretrain job gpu-1b | kubectl apply -f -    the training job alone (PyTorchJob/TrainJob), without KFP
 """
 
 
@@ -109,42 +111,99 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pretrain.pipelines.pretrain_dag import compile_pipeline
+    from pretrain.pipelines.pretrain_dag import compile_pipeline, with_image
 
-    recipe = load_recipe(*_split_recipe(args))
+    recipe = with_image(load_recipe(*_split_recipe(args)), args.image)
     if not storage.is_remote(recipe.root):
-        print(f"pretrain: note: run_root {recipe.root} is a local path; on a cluster the steps share no disk, "
-              "so pass run_root=s3://bucket/runs/NAME (or set it in the KFP UI)", file=sys.stderr)
-    compile_pipeline(recipe.to_json(), recipe.pipeline.parallelism, args.output)
-    print(f"wrote {args.output} (recipe {recipe.name!r} as the default of parameter 'recipe')")
+        print(f"pretrain: note: run_root {recipe.root} is a local path; on a cluster the steps share no disk "
+              "(and get no storage Secret), so pass run_root=s3://bucket/runs/NAME", file=sys.stderr)
+    compile_pipeline(recipe, args.output)
+    print(f"wrote {args.output} (recipe {recipe.name!r} as the default of parameter 'recipe'; "
+          f"image {recipe.cluster.step_image()})")
     return 0
 
 
-def submit(recipe: Recipe, host: str | None, experiment: str, namespace: str | None = None) -> str:
+def submit(recipe: Recipe, host: str | None, experiment: str, namespace: str | None = None,
+           service_account: str | None = None, check: bool | None = None, image: str | None = None) -> str:
     """Compile and start a run on a KFP endpoint (in-cluster defaults when ``host`` is None); return its id.
 
-    The run root must be on S3: steps run in pods that share no disk.
+    The run root must be on S3: steps run in pods that share no disk. ``namespace``: the Kubeflow profile
+    namespace of a multi-user KFP (default: none, single-user KFP); the recipe's ``cluster.namespace`` is where
+    its training jobs and storage Secret live. ``service_account`` (default ``cluster.service_account``) runs
+    the run's pods. ``check``: first verify on the cluster (kubeconfig or in-cluster config) that the namespace
+    and the storage Secret exist, so nothing is created when they do not; None: when a config is available.
     """
     import kfp
 
-    from pretrain.pipelines.pretrain_dag import compile_pipeline
+    from pretrain.pipelines.pretrain_dag import compile_pipeline, with_image
 
+    recipe = with_image(recipe, image)
     if not storage.is_remote(recipe.root):
         raise RecipeError(f"run_root: {recipe.root} is a local path; a cluster run needs run_root=s3://...")
+    if check is not False:
+        api_client = _cluster_client(required=bool(check))
+        if api_client is not None:
+            from pretrain.launch.cluster import check_cluster
+
+            check_cluster(recipe, api_client)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "pipeline.yaml")
-        compile_pipeline(recipe.to_json(), recipe.pipeline.parallelism, path)
+        compile_pipeline(recipe, path)
         client = kfp.Client(host=host, namespace=namespace)
         run = client.create_run_from_pipeline_package(
             path, arguments={"recipe": recipe.to_json()}, run_name=f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment, namespace=namespace, enable_caching=False)
+            experiment_name=experiment, namespace=namespace, enable_caching=False,
+            service_account=service_account or recipe.cluster.service_account)
     return run.run_id
+
+
+def _cluster_client(required: bool):
+    """A Kubernetes API client from the in-cluster config or a kubeconfig; None when neither is there (and
+    the check was not asked for explicitly)."""
+    from pretrain.launch.cluster import kube_api_client
+
+    if not required and not (os.environ.get("KUBERNETES_SERVICE_HOST") or _kubeconfig_present()):
+        return None
+    return kube_api_client()
+
+
+def _kubeconfig_present() -> bool:
+    paths = os.environ.get("KUBECONFIG") or os.path.join(os.path.expanduser("~"), ".kube", "config")
+    return any(p and os.path.exists(p) for p in paths.split(os.pathsep))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     recipe = load_recipe(*_split_recipe(args))
-    run_id = submit(recipe, args.host, args.experiment, args.namespace)
+    if args.namespace and args.namespace != recipe.cluster.namespace:
+        print(f"pretrain: note: the run's pods run in namespace {args.namespace} and need the Secret "
+              f"{recipe.cluster.s3_secret} there; training jobs go to cluster.namespace {recipe.cluster.namespace}",
+              file=sys.stderr)
+    run_id = submit(recipe, args.host, args.experiment, args.namespace, service_account=args.service_account,
+                    check=args.check_cluster, image=args.image)
     print(f"submitted recipe {recipe.name!r} as KFP run {run_id}")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """Print the training job of RECIPE (its ``train.launcher``) as YAML for ``kubectl apply -f -``."""
+    import yaml
+
+    from pretrain.launch.render import render_job
+    from pretrain.manifest import MANIFEST_NAME
+    from pretrain.train.step import write_recipe
+
+    recipe = load_recipe(*_split_recipe(args))
+    if recipe.train.launcher == "local":
+        raise RecipeError("train.launcher is local (torchrun on this machine): pass train.launcher=pytorchjob or "
+                          "train.launcher=trainjob for a cluster training job")
+    manifest = render_job(recipe, args.run_id)
+    if args.write_recipe:  # the pods read the resolved recipe from the run root, as under the pipeline
+        write_recipe(recipe)
+        if not storage.exists(recipe.url("tokens", MANIFEST_NAME)):
+            print(f"pretrain: note: no token data under {recipe.url('tokens')} yet: run the data steps first "
+                  f"(pretrain data {args.recipe or 'RECIPE'} ...) or the job's training will stop at start-up",
+                  file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
     return 0
 
 
@@ -191,16 +250,38 @@ def build_parser() -> argparse.ArgumentParser:
                                       "value of its one parameter, 'recipe'. Upload it in the KFP UI.")
     _recipe_args(comp)
     comp.add_argument("-o", "--output", default="pipeline.yaml", help="output path (default: pipeline.yaml)")
+    comp.add_argument("--image", default=None, help="the steps' image, with a tag or digest (sets cluster.image; "
+                      "default: the recipe's, else the published image of this version)")
     comp.set_defaults(func=cmd_compile)
     sub_ = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines endpoint",
                           description="Compile RECIPE and start it as a run on a KFP endpoint. The run root must "
-                                      "be s3://; pods get S3 settings from the Secret pretrain-s3.")
+                                      "be s3://; pods get S3 settings from the Secret cluster.s3_secret "
+                                      "(pretrain-s3). With a kubeconfig or in-cluster config, the namespace and "
+                                      "Secret are checked first, before anything is created.")
     _recipe_args(sub_)
     sub_.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API URL (default: $KFP_HOST, "
                       "or the in-cluster default)")
     sub_.add_argument("--experiment", default="pretrain", help="KFP experiment name (default: pretrain)")
     sub_.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user KFP)")
+    sub_.add_argument("--service-account", default=None,
+                      help="service account of the run's pods (default: cluster.service_account, else KFP's)")
+    sub_.add_argument("--image", default=None, help="the steps' image, with a tag or digest (sets cluster.image)")
+    sub_.add_argument("--check-cluster", action=argparse.BooleanOptionalAction, default=None,
+                      help="check the namespace and storage Secret on the cluster first (default: when a "
+                           "kubeconfig or in-cluster config is available)")
     sub_.set_defaults(func=cmd_submit)
+    job = sub.add_parser("job", help="print the training job (PyTorchJob or TrainJob) as YAML for kubectl",
+                         description="Render RECIPE's training job for its train.launcher (pytorchjob: Training "
+                                     "Operator PyTorchJob; trainjob: Kubeflow Trainer TrainJob) and print it as YAML: "
+                                     "`pretrain job RECIPE | kubectl apply -f -`. The resolved recipe is written to "
+                                     "the run root first, where the job's pods read it; the token data must be there "
+                                     "(pretrain data RECIPE). Credentials come from the Secret cluster.s3_secret.")
+    _recipe_args(job)
+    job.add_argument("--run-id", default="manual", help="names the job deterministically (default: manual); a "
+                     "second apply with the same id updates the same job instead of starting another")
+    job.add_argument("--no-write-recipe", dest="write_recipe", action="store_false",
+                     help="only print the manifest (the run root must already hold this recipe.yaml)")
+    job.set_defaults(func=cmd_job)
     for name, help_text in (("data", "plan, ingest, filter, dedup and tokenize, in-process (no KFP)"),
                             ("train", "the data steps and training, in-process (no KFP)"),
                             ("export", "up to the Hugging Face export, in-process (no KFP)"),

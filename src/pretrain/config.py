@@ -516,6 +516,14 @@ class ClusterConfig(_Strict):
     step_timeout_minutes: PositiveInt | None = 24 * 60  # each data step; training waits as long as it runs
     step_retries: Annotated[int, Field(ge=0)] = 2  # data steps, with exponential backoff
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_defaults(cls, data: Any) -> Any:
+        """``cluster.gpu_pool.node_selector=...`` changes that key only, not the whole default GPU pool."""
+        if isinstance(data, dict) and isinstance(data.get("gpu_pool"), dict):
+            data = {**data, "gpu_pool": {**_gpu_pool().model_dump(exclude_none=True), **data["gpu_pool"]}}
+        return data
+
     @model_validator(mode="after")
     def _images(self) -> ClusterConfig:
         for key in ("image", "train_image"):

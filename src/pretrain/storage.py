@@ -179,16 +179,31 @@ def upload_dir(local_dir: str, url: str) -> None:
             fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local_dir).as_posix()}")
 
 
-def check_reachable(url: str) -> None:
-    """Fail fast, naming the URL, when an S3 location's endpoint or bucket cannot be used.
+# S3 error codes that mean "these credentials are not accepted here" rather than "this bucket is missing".
+_REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+            "InvalidSecurity", "AllAccessDisabled", "AuthorizationHeaderMalformed", "MissingSecurityHeader"}
 
-    Creates a missing bucket (the ``minio`` client does bucket set-up); local paths always pass.
+
+def _credentials_hint(secret: str | None) -> str:
+    where = (f"the Secret {secret!r} (keys AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)" if secret
+             else "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        return f"no credentials are set: they come from {where}"
+    return f"check {where}"
+
+
+def ensure_bucket(url: str, secret: str | None = None, create: bool = True) -> bool:
+    """Make sure the bucket of an ``s3://`` URL exists, creating it with the ``minio`` client when missing
+    (and ``create``); True when it was created. Local paths pass.
+
+    Raises :class:`StorageError` naming the endpoint (and ``secret``, where the credentials come from on a
+    cluster) when the endpoint is unreachable or refuses the credentials.
     """
     if not is_remote(url):
-        return
+        return False
     parsed = urlparse(url)
     if parsed.scheme not in ("s3", "s3a"):
-        return
+        return False
     import urllib3
     from minio import Minio
     from minio.error import S3Error
@@ -205,10 +220,36 @@ def check_reachable(url: str) -> None:
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         http_client=http,
     )
+    bucket = parsed.netloc
+    step = "checking"
     try:
-        if not client.bucket_exists(parsed.netloc):
-            client.make_bucket(parsed.netloc)
+        if client.bucket_exists(bucket):
+            return False
+        if not create:
+            raise StorageError(f"{url}: bucket {bucket!r} does not exist at S3 endpoint {endpoint}")
+        step = "creating"
+        client.make_bucket(bucket)
+        return True
     except S3Error as err:
-        raise StorageError(f"{url}: S3 endpoint {endpoint} refused bucket {parsed.netloc!r}: {err.code}") from err
+        if err.code == "BucketAlreadyOwnedByYou":  # created meanwhile by another step
+            return False
+        if err.code in _REFUSED:
+            what = (f"bucket {bucket!r} does not exist and the credentials may not create it" if step == "creating"
+                    else "it refused the credentials")
+            raise StorageError(f"{url}: S3 endpoint {endpoint}: {what} ({err.code}); "
+                               f"{_credentials_hint(secret)}") from err
+        raise StorageError(f"{url}: S3 endpoint {endpoint} refused {step} bucket {bucket!r}: {err.code}") from err
+    except StorageError:
+        raise
     except Exception as err:  # urllib3 connection errors, DNS, TLS
-        raise StorageError(f"{url}: S3 endpoint {endpoint} is unreachable ({type(err).__name__})") from err
+        where = f"the Secret {secret!r} (key AWS_ENDPOINT_URL)" if secret else "AWS_ENDPOINT_URL"
+        raise StorageError(f"{url}: S3 endpoint {endpoint} is unreachable ({type(err).__name__}); "
+                           f"check {where}") from err
+
+
+def check_reachable(url: str) -> None:
+    """Fail fast, naming the URL, when an S3 location's endpoint or bucket cannot be used.
+
+    Creates a missing bucket (``ensure_bucket``); local paths always pass.
+    """
+    ensure_bucket(url)

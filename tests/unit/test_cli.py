@@ -24,31 +24,6 @@ def test_a_bare_override_means_the_quickstart():
     assert cli._split_recipe(args) == (None, ["train.max_steps=5"])
 
 
-def test_submit_compiles_and_starts_a_run(monkeypatch):
-    import kfp
-    import yaml
-
-    calls = {}
-
-    class FakeClient:
-        def __init__(self, host=None, namespace=None):
-            calls["host"] = host
-
-        def create_run_from_pipeline_package(self, path, arguments, run_name, experiment_name, namespace,
-                                             enable_caching):
-            with open(path) as f:
-                calls["spec"] = next(yaml.safe_load_all(f))
-            calls.update(arguments=arguments, experiment=experiment_name, caching=enable_caching)
-            return type("Run", (), {"run_id": "run-123"})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
-    recipe = load_recipe("tiny", ["run_root=s3://bucket/runs/tiny"])
-    assert cli.submit(recipe, "http://kfp.example:8080", "exp") == "run-123"
-    assert calls["host"] == "http://kfp.example:8080" and calls["experiment"] == "exp"
-    assert calls["arguments"] == {"recipe": recipe.to_json()} and calls["caching"] is False
-    assert "train" in calls["spec"]["root"]["dag"]["tasks"]
-
-
 def test_submit_refuses_a_local_run_root():
     with pytest.raises(RecipeError, match="run_root"):
         cli.submit(load_recipe("tiny", ["run_root=/tmp/x"]), "http://h", "exp")

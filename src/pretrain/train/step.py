@@ -1,4 +1,9 @@
-"""The train step as the pipeline calls it: launch the job, then describe its checkpoints."""
+"""The train step as the pipeline calls it: launch the job, then describe its checkpoints.
+
+``train.launcher`` local runs torchrun here (in the KFP step's pod on a cluster); pytorchjob and trainjob
+create a cluster job named after the KFP run (``run_id``), so a retried step attaches to the job already
+running instead of starting a second one. ``cleanup_step`` is the pipeline's exit handler.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,23 @@ def write_recipe(recipe: Recipe) -> str:
     return url
 
 
-def train_step(recipe: Recipe, tokens: Manifest) -> Manifest:
+# Where and how training runs, not what it trains: a finished run is reused whichever launched it.
+PLACEMENT_KEYS = {"launcher", "resources", "elastic"}
+
+
+def train_step(recipe: Recipe, tokens: Manifest, run_id: str = "manual") -> Manifest:
     root = recipe.url("train")
-    fp = fingerprint(recipe.model.model_dump(), recipe.train.model_dump(), recipe.seed, tokens.fingerprint)
+    fp = fingerprint(recipe.model.model_dump(), recipe.train.model_dump(exclude=PLACEMENT_KEYS), recipe.seed,
+                     tokens.fingerprint)
     if (done := reuse(root, fp)) is not None:
         return done
     config_url = write_recipe(recipe)
     if recipe.train.launcher == "local":
         run(LocalJob(config_url, recipe.train.nnodes, recipe.train.nproc_per_node, recipe.train.threads_per_process))
+    else:
+        from pretrain.launch.cluster import run_cluster_job
+
+        run_cluster_job(recipe, run_id)  # create or attach, wait, stream rank-0 logs; JobFailed on failure
     summary = storage.read_json(storage.join(root, "summary.json"))
     ckpt_root = recipe.url("checkpoints")
     ckpt = CheckpointManager(ckpt_root, recipe.train.keep_checkpoints,
@@ -51,3 +65,18 @@ def train_step(recipe: Recipe, tokens: Manifest) -> Manifest:
                              "trained_tokens_by_source": summary.get("trained_tokens_by_source", {})})
     result.save()
     return result
+
+
+def cleanup_step(recipe: Recipe, run_id: str, state: str) -> str:
+    """The pipeline's exit handler: when a run with a cluster launcher did not succeed (failed, cancelled),
+    delete its training job so no GPU pods outlive the run. Says what it did."""
+    if recipe.train.launcher == "local":
+        return "clean-up: nothing to do (train.launcher local)"
+    if state == "SUCCEEDED":
+        return "clean-up: the run succeeded; its training job is kept"
+    from pretrain.launch.cluster import delete_cluster_job
+    from pretrain.launch.render import job_name
+
+    name = job_name(recipe, run_id)
+    deleted = delete_cluster_job(recipe, run_id)
+    return f"clean-up: run {state}: {'deleted' if deleted else 'no'} training job {name}"
