@@ -414,6 +414,12 @@ class ModelConfig(_Strict):
     rope_theta: Annotated[float, Field(gt=0.0)] = 10_000.0
     seq_len: Annotated[int, Field(ge=8, le=1 << 20)] = 256
     tie_embeddings: bool = True
+    # RMSNorm on each head's queries and keys (OLMo-2, Qwen3): bounded attention logits tolerate a higher LR.
+    # Built as Qwen3ForCausalLM (llama's shape plus q_norm/k_norm), so the export loads without remote code.
+    qk_norm: bool = False
+    # scaled: N(0, 0.02) everywhere, residual output projections / sqrt(2 * num_layers) (GPT-2, OLMo), so the
+    # residual stream's variance does not grow with depth; hf: the transformers class's own init
+    init: Literal["hf", "scaled"] = "hf"
     init_from: str | None = None  # a Hugging Face model folder (local path or s3:// URL): weights and tokenizer
 
     @model_validator(mode="before")
@@ -433,6 +439,9 @@ class ModelConfig(_Strict):
             raise ValueError("hidden_size must be a multiple of num_heads")
         if self.num_kv_heads and self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.qk_norm and self.architecture in ("bert", "modernbert"):
+            raise ValueError(f"qk_norm: model.architecture {self.architecture} has no QK-norm variant in "
+                             "transformers; set model.qk_norm=false (causal_lm, architecture llama, only)")
         return self
 
 
@@ -579,6 +588,15 @@ class TrainConfig(_Strict):
     min_lr_ratio: Fraction = 0.1
     decay_fraction: Fraction = 0.2
     grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    # PaLM's z-loss: z_loss x mean(logsumexp(logits)^2) on the training loss keeps the softmax normalizer near 0
+    # (stable bf16 logits); the validation loss stays pure cross-entropy
+    z_loss: Annotated[float, Field(ge=0.0)] = 0.0
+    # weight decay on embedding tables (and a tied head) too, as nanoGPT does; false: they are never decayed
+    decay_embeddings: bool = False
+    # AdamW LRs of the input embedding tables (a tied head included) and of an untied output head; None: lr.
+    # modded-nanoGPT trains the embedding far above and the head below the hidden weights' LR
+    embedding_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    head_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     loss: Literal["chunked", "plain"] = "chunked"  # chunked: B x T x V logits are never materialized at once
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -615,6 +633,18 @@ class TrainConfig(_Strict):
         if isinstance(data, dict) and isinstance(data.get("async_checkpoint"), bool):  # YAML reads on/off as booleans
             data = {**data, "async_checkpoint": "on" if data["async_checkpoint"] else "off"}
         return data
+
+    @model_validator(mode="after")
+    def _decay_fits(self) -> TrainConfig:
+        """wsd: the decay phase must fit after warmup, else the LR never reaches the floor it promises."""
+        decay = round(self.decay_fraction * self.max_steps)
+        if self.schedule == "wsd" and decay > self.max_steps - self.warmup_steps:
+            after = max(0, self.max_steps - self.warmup_steps)
+            raise ValueError(f"decay_fraction: schedule wsd decays for decay_fraction {self.decay_fraction} x "
+                             f"max_steps {self.max_steps} = {decay} steps, more than the {after} steps after "
+                             f"warmup_steps {self.warmup_steps}: lower train.decay_fraction or train.warmup_steps, "
+                             "or raise train.max_steps")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -658,6 +688,7 @@ class Recipe(_Strict):
         if self.mixture.weights and not any(self.mixture.weights.values()):
             raise ValueError("mixture.weights: every weight is 0")
         encoder = self.model.architecture in ("bert", "modernbert")
+        self._check_options()  # before auto resolves: qk_norm with masked_lm names the objective, not modernbert
         if self.model.architecture == "auto":
             self.model.architecture = "modernbert" if self.train.objective == "masked_lm" else "llama"
         elif encoder != (self.train.objective == "masked_lm") and not self.model.init_from:
@@ -668,6 +699,19 @@ class Recipe(_Strict):
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "
                              f"({self.model.init_from}): continued pre-training uses the model's own tokenizer")
         return self
+
+    def _check_options(self) -> None:
+        """Model and training options that cannot work together (each message names the keys).
+
+        With ``model.init_from`` the shape, QK-norm and tying come from that folder, and ``model.init`` does not
+        apply (the weights are loaded), so only the training options are checked against it."""
+        model, train = self.model, self.train
+        if model.qk_norm and train.objective == "masked_lm" and not model.init_from:
+            raise ValueError("model.qk_norm: train.objective masked_lm builds an encoder (bert, modernbert), which "
+                             "has no QK-norm variant in transformers; set model.qk_norm=false (causal_lm only)")
+        if train.head_lr is not None and model.tie_embeddings and not model.init_from:
+            raise ValueError("train.head_lr: the head is tied to the input embedding (model.tie_embeddings true), so "
+                             "it trains at train.embedding_lr; untie it (model.tie_embeddings=false) or drop head_lr")
 
     def _check_cluster(self) -> None:
         train, pool = self.train, self.cluster.gpu_pool

@@ -128,3 +128,36 @@ def test_export_of_continued_pretraining_uses_the_init_from_architecture(tmp_pat
     export_model(recipe, checkpoints, tokens)
     assert_same_logits(model, recipe.url("model"), "AutoModelForCausalLM", extra["vocab_size"], mask_token=True)
     assert "continued from" in (tmp_path / "run" / "model" / "README.md").read_text()
+
+
+def test_export_of_a_qk_norm_model_is_qwen3_with_its_norms_and_the_trained_logits(tmp_path):
+    """model.qk_norm builds Qwen3ForCausalLM: the export keeps q_norm / k_norm, loads with AutoModelForCausalLM
+    without remote code, and gives the trained model's logits; depth-scaled init and z-loss ride along."""
+    from safetensors import safe_open
+
+    recipe = load_recipe("tiny", [f"run_root={tmp_path / 'run'}", "model.qk_norm=true", "model.init=scaled",
+                                  "model.tie_embeddings=false", "train.z_loss=1e-3", "model.seq_len=16",
+                                  "model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
+                                  "model.intermediate_size=64", "evaluate.max_batches=2", "evaluate.max_new_tokens=4"])
+    extra = tokenizer_folder(str(tmp_path / "tokenizer"))
+    tokens = Manifest(kind="tokens", root=str(tmp_path / "tokens"), fingerprint="tok", extra=extra,
+                      shards=val_shard(tmp_path / "tokens", extra))
+    model = build_model(recipe.model, extra["vocab_size"], extra["eos_id"], extra["pad_id"], recipe.seed)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    norms = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("q_norm.weight", "k_norm.weight"))}
+    assert len(norms) == 4
+    checkpoints = train_and_checkpoint(model, recipe, extra)
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in norms.items())  # the norms trained too
+    result = export_model(recipe, checkpoints, tokens)
+    folder = tmp_path / "run" / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["architectures"] == ["Qwen3ForCausalLM"]
+    assert "auto_map" not in config and config["head_dim"] == 8 and config["tie_word_embeddings"] is False
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert {"model.layers.1.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"} <= saved
+    assert_same_logits(model, recipe.url("model"), "AutoModelForCausalLM", extra["vocab_size"], mask_token=True)
+    from pretrain.evaluate.step import evaluate
+
+    metrics = evaluate(recipe, result, tokens).stats
+    assert metrics["loss"] > 0 and metrics["bits_per_byte"] > 0

@@ -40,6 +40,7 @@ class ModelShape:
     tied: bool
     head_transform: bool  # encoders: dense hidden -> hidden (+ norm) before the decoder
     windows: tuple[int | None, ...]  # keys each query sees per layer; None: the whole sequence
+    qk_norm: bool = False  # RMSNorm on queries and keys (Qwen3: per head, a head_dim weight each; OLMo-2: full width)
 
     @property
     def q_width(self) -> int:
@@ -66,7 +67,10 @@ def model_shape(config) -> ModelShape:
                           windows=_modernbert_windows(config), **common)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     return ModelShape(kind="llama", kv_heads=kv_heads, glu=True, head_transform=False,
-                      windows=_decoder_windows(config), **common)
+                      windows=_decoder_windows(config), qk_norm=kind in QK_NORM_TYPES, **common)
+
+
+QK_NORM_TYPES = frozenset({"qwen3", "olmo2"})  # Llama-shaped decoders with q_norm / k_norm in every layer
 
 
 def _decoder_windows(config) -> tuple[int | None, ...]:

@@ -9,6 +9,10 @@ Liger-Kernel: the same three matmuls as the plain path, no recomputation, and at
 alive. Under autocast the matmuls run in the autocast dtype (as the plain path's would) and grad_weight
 accumulates in fp32. The weight is an ordinary autograd input, so a tied embedding gets both gradients and
 DDP / FSDP2 see nothing special.
+
+``z_loss`` (PaLM, ``train.z_loss``) adds ``z * lse**2`` per scored row, lse = logsumexp of the row's logits: it
+pulls the softmax normalizer towards 0 so bf16 logits stay well-conditioned. Its logit gradient,
+``2 * z * lse * softmax``, joins the cross-entropy's in the same pass, so it costs no extra matmul.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index: int, rows: int, reduction: str,
-                dtype: torch.dtype):
+                dtype: torch.dtype, z_loss: float):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
@@ -57,10 +61,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse = logits.logsumexp(dim=-1)
                 picked = logits.gather(1, safe[start:end, None]).squeeze(1)
                 keep = valid[start:end]
-                total += torch.where(keep, lse - picked, 0.0).sum()
+                row_loss = lse - picked + z_loss * lse.square() if z_loss else lse - picked
+                total += torch.where(keep, row_loss, 0.0).sum()
                 if not (need_h or need_w or need_b):
                     continue
                 grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                if z_loss:  # d(z * lse^2)/d logits = 2 * z * lse * softmax
+                    grad *= (1.0 + 2.0 * z_loss * lse)[:, None]
                 grad[torch.arange(end - start, device=grad.device), safe[start:end]] -= 1.0
                 grad *= (keep.float() / scale)[:, None]
                 if need_b:
@@ -87,21 +94,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w = (grad_w * grad_output).to(w_dtype)
         if grad_b is not None:
             grad_b = (grad_b * grad_output).to(b_dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                          bias: torch.Tensor | None = None, ignore_index: int = -100,
-                         chunk_size: int | None = None, reduction: str = "mean") -> torch.Tensor:
+                         chunk_size: int | None = None, reduction: str = "mean", z_loss: float = 0.0) -> torch.Tensor:
     """``F.cross_entropy(hidden @ weight.T + bias, targets)`` without the full logits; hidden [N, H], weight [V, H].
 
     ``reduction``: ``mean`` over the targets that are not ``ignore_index`` (0 when there are none), or ``sum``.
+    ``z_loss``: plus ``z_loss * logsumexp(logits)**2`` over the same rows, reduced the same way (see the module).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be mean or sum, not {reduction!r}")
+    if z_loss < 0:
+        raise ValueError(f"z_loss must be >= 0, not {z_loss}")
     rows = chunk_size or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, rows, reduction,
-                                     _compute_dtype(hidden))
+                                     _compute_dtype(hidden), float(z_loss))
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100, reduction: str = "mean",
+                  z_loss: float = 0.0) -> torch.Tensor:
+    """The plain path's training loss: ``F.cross_entropy`` of logits [N, V] in fp32, plus ``z_loss *
+    logsumexp**2`` over the scored rows, reduced like the cross-entropy (what ``linear_cross_entropy`` gives)."""
+    logits = logits.float()
+    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    if not z_loss:
+        return loss
+    keep = targets != ignore_index
+    z = torch.where(keep, logits.logsumexp(dim=-1).square(), 0.0).sum()
+    return loss + z_loss * (z / keep.sum().clamp(min=1) if reduction == "mean" else z)
 
 
 @torch.no_grad()

@@ -78,6 +78,8 @@ def parameter_counts(config) -> ParameterCounts:
         return ParameterCounts(v * h, head, s.layers * block_mat, h * h, vectors, block_mat + block_vec)
     block_mat = 2 * h * s.q_width + 2 * h * s.kv_width + 3 * h * f
     block_vec = 2 * h + (s.q_width + 2 * s.kv_width + h if getattr(config, "attention_bias", False) else 0)
+    if s.qk_norm:  # Qwen3 normalizes each head with one head_dim weight; OLMo-2 the whole q and k widths
+        block_vec += 2 * s.head_dim if getattr(config, "model_type", "") == "qwen3" else s.q_width + s.kv_width
     block_vec += 2 * f + h if getattr(config, "mlp_bias", False) else 0
     return ParameterCounts(v * h, head, s.layers * block_mat, 0, s.layers * block_vec + h, block_mat + block_vec)
 
@@ -192,6 +194,8 @@ def layer_activation_bytes(s: ModelShape, config, seq_len: int, bf16: bool, devi
     # v is a view that keeps the whole q|k|v output alive
     sdpa = 2 * s.q_width + 2 * s.kv_width + (s.q_width + s.kv_width if fused else 0)
     total = norms + p * (attn_in * h + sdpa + mlp_in * h + mlp_inner) + 4 * s.heads  # + softmax statistics
+    if s.qk_norm:  # RMSNorm on q and k keeps its input (the projection's output) and the fp32 normalized copy
+        total += (p + r) * (s.q_width + s.kv_width)  # measured: 8 bytes per element in fp32, 6 under bf16
     if getattr(config, "hidden_dropout_prob", 0.0):  # BERT: two bool dropout masks per layer
         total += 2 * h
     attention_dropout = getattr(config, "attention_probs_dropout_prob", None) or getattr(config, "attention_dropout", 0)

@@ -145,8 +145,9 @@ def build_module(recipe: Recipe, tokens: Manifest, d: Dist):
         check_fits(estimate, available, source)
     fpt = flops_per_token(hf.config, recipe.model.seq_len, cfg.objective, cfg.mask_probability)
     module = TrainModule(hf, cfg.objective, cfg.loss, cfg.mask_probability, special, vocab,
-                         tokenizer=tokens.extra.get("tokenizer") or None)
-    module = parallelize(module, cfg, d.device, init=(lambda m: init_weights(m, recipe.seed)) if meta else None)
+                         tokenizer=tokens.extra.get("tokenizer") or None, z_loss=cfg.z_loss)
+    init = (lambda m: init_weights(m, recipe.seed, recipe.model.init)) if meta else None
+    module = parallelize(module, cfg, d.device, init=init)
     return module, fpt, estimate
 
 

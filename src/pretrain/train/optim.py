@@ -7,7 +7,11 @@ whose blocks are wrapped (activation checkpointing, regional compile) or sharded
   embedding is the same Parameter, so it counts as an embedding; an untied head is decayed);
 - ``no_decay``: norms, biases (anything 1-D) and embedding tables;
 - ``muon`` (``train.optimizer: muon``): the 2-D weights inside the transformer blocks (attention and MLP
-  projections); embeddings, the head, norms and biases stay with AdamW.
+  projections); embeddings, the head, norms and biases stay with AdamW;
+- ``embedding`` and ``head``, only when ``train.decay_embeddings``, ``train.embedding_lr`` or ``train.head_lr``
+  asks for them: the embedding tables (a tied head included) at ``embedding_lr``, decayed when
+  ``decay_embeddings``; an untied output head at ``head_lr``, decayed as before. Otherwise they stay in
+  ``no_decay`` / ``decay``, so a recipe without these keys keeps the groups (and checkpoints) it had.
 
 Every group carries a ``kind`` key (one of the above) and its own ``lr``, so one ``LambdaLR`` scales all of
 them, each from its own base LR.
@@ -35,10 +39,17 @@ _FUSED_DEVICES = frozenset(_get_fused_kernels_supported_devices())
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (``train.optimizer: adamw``) or Muon + AdamW in one :class:`OptimizerList` (``muon``)."""
-    groups = split_parameters(model, muon=cfg.optimizer == "muon")
+    apart = cfg.decay_embeddings or cfg.embedding_lr is not None or cfg.head_lr is not None
+    groups = split_parameters(model, muon=cfg.optimizer == "muon", apart=apart)
+    if cfg.head_lr is not None and not groups["head"]:
+        raise ValueError("train.head_lr: the model has no separate output head (it is tied to the input embedding, "
+                         "model.tie_embeddings): it trains at train.embedding_lr")
     adamw = _adamw([
         {"params": groups["decay"], "weight_decay": cfg.weight_decay, "kind": "decay"},
         {"params": groups["no_decay"], "weight_decay": 0.0, "kind": "no_decay"},
+        {"params": groups["embedding"], "weight_decay": cfg.weight_decay if cfg.decay_embeddings else 0.0,
+         "lr": cfg.embedding_lr or cfg.lr, "kind": "embedding"},
+        {"params": groups["head"], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr or cfg.lr, "kind": "head"},
     ], cfg)
     if cfg.optimizer == "adamw":
         return adamw
@@ -49,21 +60,34 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return OptimizerList([adamw, muon])
 
 
-def split_parameters(model: nn.Module, muon: bool = False) -> dict[str, list[nn.Parameter]]:
-    """The trainable parameters by group kind (``decay``, ``no_decay``, ``muon``), each once, in model order."""
+def split_parameters(model: nn.Module, muon: bool = False, apart: bool = False) -> dict[str, list[nn.Parameter]]:
+    """The trainable parameters by group kind (``decay``, ``no_decay``, ``muon``, ``embedding``, ``head``), each
+    once, in model order; ``embedding`` and ``head`` stay empty unless ``apart`` (see the module docstring)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     blocks = {id(p) for p in _blocks(model).parameters()} if muon else set()
-    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "muon": []}
+    head = _output_head(model) if apart else None
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "muon": [], "embedding": [], "head": []}
     for p in model.parameters():  # deduplicated: a tied head is the embedding's own Parameter
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or id(p) in embeddings:
+        if apart and id(p) in embeddings:
+            groups["embedding"].append(p)
+        elif head is not None and p is head:
+            groups["head"].append(p)
+        elif p.ndim < 2 or id(p) in embeddings:
             groups["no_decay"].append(p)
         elif id(p) in blocks and p.ndim == 2:
             groups["muon"].append(p)
         else:
             groups["decay"].append(p)
     return groups
+
+
+def _output_head(model: nn.Module) -> nn.Parameter | None:
+    """The output head's weight (HF ``get_output_embeddings``), or None for a model without one."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return getattr(head, "weight", None)
 
 
 def parameter_groups_summary(optimizer: torch.optim.Optimizer) -> dict[str, int]:

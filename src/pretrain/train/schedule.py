@@ -27,7 +27,8 @@ from pretrain.config import TrainConfig
 # What changes the training trajectory; the loop stores it in each checkpoint and checks it on resume.
 TRAJECTORY_KEYS = ("optimizer", "lr", "muon_lr", "muon_momentum", "betas", "weight_decay", "schedule",
                    "warmup_steps", "min_lr_ratio", "decay_fraction", "max_steps", "micro_batch_size",
-                   "grad_accum_steps", "grad_clip", "objective", "mask_probability")
+                   "grad_accum_steps", "grad_clip", "objective", "mask_probability", "z_loss", "decay_embeddings",
+                   "embedding_lr", "head_lr")
 # wsd: these only move where the decay starts, harmless while no step has decayed yet under either value.
 _DECAY_START_KEYS = frozenset({"max_steps", "decay_fraction"})
 # These change the batch per optimizer step, not the LR: a resume may change them (the loader continues the

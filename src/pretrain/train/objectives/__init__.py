@@ -3,8 +3,9 @@
 ``TrainModule`` is what DDP / FSDP2 / torch.compile wrap: its only child is the HF model (``.model``), so its
 state-dict keys are ``model.`` + the HF keys, and the objective runs entirely inside its ``forward``
 (wrappers' hooks see every use of the weights, including the head's weight in the chunked loss).
-``forward`` returns the mean training loss; with ``sums=True`` it returns, for held-out evaluation,
-[summed loss, counted tokens, correct argmax predictions] (fp64), summed across batches and ranks by the caller.
+``forward`` returns the mean training loss (plus ``train.z_loss``'s term); with ``sums=True`` it returns, for
+held-out evaluation, pure cross-entropy: [summed loss, counted tokens, correct argmax predictions] (fp64), summed
+across batches and ranks by the caller.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class TrainModule(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, objective: str, loss: str = "chunked", mask_probability: float = 0.15,
                  special_ids: dict[str, int | None] | None = None, vocab_size: int | None = None, *,
-                 tokenizer: str | None = None):
+                 tokenizer: str | None = None, z_loss: float = 0.0):
         super().__init__()
         if objective not in OBJECTIVES:
             raise RecipeError(f"train.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -47,6 +48,7 @@ class TrainModule(torch.nn.Module):
         self.special_ids = dict(special_ids or {})
         self.vocab_size = int(vocab_size or model.get_input_embeddings().weight.shape[0])
         self.mask_probability = float(mask_probability)
+        self.z_loss = float(z_loss)
         if objective == "masked_lm":
             if self.special_ids.get("mask") is None:
                 raise RecipeError(f"train.objective masked_lm: the tokenizer ({tokenizer or 'of this run'}) has no "
@@ -61,7 +63,8 @@ class TrainModule(torch.nn.Module):
     def from_recipe(cls, model: torch.nn.Module, recipe, special_ids: dict[str, int | None], vocab_size: int,
                     tokenizer: str | None = None) -> TrainModule:
         t = recipe.train
-        return cls(model, t.objective, t.loss, t.mask_probability, special_ids, vocab_size, tokenizer=tokenizer)
+        return cls(model, t.objective, t.loss, t.mask_probability, special_ids, vocab_size, tokenizer=tokenizer,
+                   z_loss=t.z_loss)
 
     def forward(self, windows: torch.Tensor, document_ids: torch.Tensor | None = None, mask_seed: int | None = None,
                 sums: bool = False) -> torch.Tensor:
@@ -72,12 +75,12 @@ class TrainModule(torch.nn.Module):
             if document_ids is not None:
                 document_ids = document_ids.to(device, non_blocking=True)
             return causal_loss(self.model, windows.to(device, non_blocking=True), document_ids, chunked=chunked,
-                               sums=sums)
+                               sums=sums, z_loss=self.z_loss)
         if mask_seed is None:  # the loop passes one; without it, the global RNG decides
             mask_seed = int(torch.randint(0, 2**62, (1,)).item())
         return masked_loss(self.model, windows, document_ids, probability=self.mask_probability,
                            special_ids=self.special_ids, vocab_size=self.vocab_size, seed=mask_seed,
-                           chunked=chunked, sums=sums, device=device)
+                           chunked=chunked, sums=sums, device=device, z_loss=self.z_loss)
 
     def evaluate(self, windows: torch.Tensor, mask_seed: int | None = None) -> torch.Tensor:
         """[summed loss, tokens, correct] (fp64) without gradients; on a wrapped module call

@@ -14,9 +14,8 @@ layers get the document mask cut to their window.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from pretrain.model.loss import linear_cross_entropy, linear_cross_entropy_sums, logit_sums
+from pretrain.model.loss import cross_entropy, linear_cross_entropy, linear_cross_entropy_sums, logit_sums
 
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # of the chosen positions; the rest keep their token
 
@@ -75,8 +74,9 @@ def encoder_attention(model, document_ids: torch.Tensor) -> tuple[object, torch.
 
 def masked_loss(model, windows: torch.Tensor, document_ids: torch.Tensor | None, *, probability: float,
                 special_ids: dict[str, int | None], vocab_size: int, seed: int, chunked: bool = True,
-                sums: bool = False, device: torch.device | None = None) -> torch.Tensor:
-    """Mean loss over the chosen positions of windows[:, :-1]; ``sums``: [summed loss, chosen, correct] (fp64).
+                sums: bool = False, device: torch.device | None = None, z_loss: float = 0.0) -> torch.Tensor:
+    """Mean loss (+ ``z_loss``, as the causal objective) over the chosen positions of windows[:, :-1]; ``sums``:
+    [summed loss, chosen, correct] (fp64), without the z-loss.
 
     The masks are drawn on the CPU: windows given on the CPU (``device``: the model's) cost no device sync;
     windows on the device are copied back first (a sync), since the gather's size depends on them.
@@ -95,18 +95,18 @@ def masked_loss(model, windows: torch.Tensor, document_ids: torch.Tensor | None,
     parts = encoder_parts(model)
     if parts is None:  # another masked LM (init_from): its full logits, then the chosen rows
         logits = model(**inputs).logits.flatten(0, 1).index_select(0, rows)
-        return _finish(logits, targets, sums)
+        return _finish(logits, targets, sums, z_loss)
     trunk, transform, decoder = parts
     hidden = trunk(**inputs).last_hidden_state.flatten(0, 1).index_select(0, rows)
     hidden = transform(hidden)
     if not chunked:
-        return _finish(decoder(hidden), targets, sums)
+        return _finish(decoder(hidden), targets, sums, z_loss)
     if sums:
         return linear_cross_entropy_sums(hidden, decoder.weight, targets, bias=decoder.bias)
-    return linear_cross_entropy(hidden, decoder.weight, targets, bias=decoder.bias)
+    return linear_cross_entropy(hidden, decoder.weight, targets, bias=decoder.bias, z_loss=z_loss)
 
 
-def _finish(logits: torch.Tensor, targets: torch.Tensor, sums: bool) -> torch.Tensor:
+def _finish(logits: torch.Tensor, targets: torch.Tensor, sums: bool, z_loss: float = 0.0) -> torch.Tensor:
     if sums:
         return logit_sums(logits, targets)
-    return F.cross_entropy(logits.float(), targets, reduction="sum") / max(1, targets.numel())
+    return cross_entropy(logits, targets, reduction="sum", z_loss=z_loss) / max(1, targets.numel())
