@@ -269,7 +269,10 @@ def svg(results: list[dict[str, Any]], path: Path) -> None:
             dash = "" if name in colours else ' stroke-dasharray="5,3"'
             line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in curve[1:])
             parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-            parts.append(f'<text x="{width - pad - 150}" y="{top + 40 + 14 * k}" fill="{colour}">{name}</text>')
+            legend_y = top + 40 + 14 * k
+            parts.append(f'<line x1="{width - pad - 175}" y1="{legend_y - 4}" x2="{width - pad - 155}" '
+                         f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"{dash}/>')
+            parts.append(f'<text x="{width - pad - 150}" y="{legend_y}" fill="{colour}">{name}</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts))
 
