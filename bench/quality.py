@@ -315,7 +315,7 @@ def main() -> None:
                                  and head["final_loss_ours"] < head["final_loss_standard"])
     for other in others:
         summary[f"L{other['layers']}"] = {k: v for k, v in other.items() if k != "curves"}
-    summary["L4_details"] = {k: v for k, v in head.items() if k != "curves"}
+    summary[f"L{head['layers']}_details"] = {k: v for k, v in head.items() if k != "curves"}
     summary["curves"] = {f"L{r['layers']}": r["curves"] for r in results}
     summary["minutes"] = round((time.time() - start) / 60, 1)
     summary["svg"] = args.svg
