@@ -128,7 +128,8 @@ def run_in_process(root: Path, overrides: list[str], **synthetic):
 
 def test_masked_lm_trains_an_encoder_that_exports_as_a_masked_lm(tmp_path):
     summary = run_in_process(tmp_path / "run", [*SMALL, "train.objective=masked_lm", "train.max_steps=40",
-                                                "train.lr=0.005", "train.eval_interval=40", "train.warmup_steps=4"],
+                                                "train.lr=0.005", "train.eval_interval=40", "train.warmup_steps=4",
+                                                "train.optimizer=adamw", "train.schedule=cosine"],
                              mask_id=255)
     evals = [r["val_loss"] for r in summary["history"] if "val_loss" in r]
     assert evals[-1] < 0.8 * evals[0]  # it learns from the 15% it must fill in
@@ -143,11 +144,13 @@ def test_continued_pretraining_starts_from_the_given_model_and_warms_the_lr_up_a
 
     first = run_in_process(tmp_path / "base", [*SMALL, "train.max_steps=30", "train.eval_interval=30"])
     from pretrain.config import ModelConfig
+    from pretrain.config import load_recipe as load_recipe_file
     from pretrain.model.build import build_model
     from pretrain.train.checkpoint import load_model_weights
 
-    base = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seq_len=32),
-                       256, eos_id=0)
+    trained = load_recipe_file(tmp_path / "base" / "recipe.yaml").model  # its shape, QK-norm included
+    base = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seq_len=32,
+                                   qk_norm=trained.qk_norm), 256, eos_id=0)
     load_model_weights(str(tmp_path / "base" / "checkpoints" / "step-0000030"), base)
     base.save_pretrained(tmp_path / "hf")  # a Hugging Face folder, as the export writes one
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), torch.nn.Module)

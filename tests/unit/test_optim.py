@@ -57,7 +57,7 @@ def same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_adamw_groups_decay_only_matrices_that_are_not_embeddings():
     model = tiny_llama(tie=False)
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9)))
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9)))
     assert isinstance(optimizer, torch.optim.AdamW)
     decay, no_decay = optimizer.param_groups
     assert (decay["kind"], decay["weight_decay"], no_decay["kind"], no_decay["weight_decay"]) == (
@@ -282,7 +282,7 @@ def test_check_resume_cosine_and_lr_changes_name_each_key():
 
 
 def test_check_resume_batch_change_is_a_note_other_changes_are_not():
-    old = TrainConfig(micro_batch_size=8)
+    old = TrainConfig(micro_batch_size=8, schedule="cosine")
     assert "micro_batch_size 8 -> 4" in check_resume(trajectory(old), old.model_copy(update={"micro_batch_size": 4}), 5)
     with pytest.raises(ValueError, match=r"train.schedule: \"cosine\" -> \"wsd\""):
         check_resume(trajectory(old), old.model_copy(update={"schedule": "wsd"}), 5)
