@@ -128,8 +128,11 @@ def recipe_tree(root: Path, steps: int, processes: int, compile_: bool) -> dict[
     return {
         "name": "bench-train", "seed": 0, "run_root": str(root),
         "sources": [{"name": "stdlib", "format": "code", "uri": "builtin:stdlib"}],  # not read: tokens exist
-        "model": dict(MODEL),
+        # The set-up, pinned against later default changes: a plain Llama trained with AdamW + cosine
+        # (the quality defaults, Muon and QK-norm, are measured by bench/quality.py, not here).
+        "model": {**MODEL, "qk_norm": False},
         "train": {"max_steps": steps, "micro_batch_size": BATCH // processes, "precision": "bf16",
+                  "optimizer": "adamw", "z_loss": 0.0,
                   "compile": compile_, "compile_cache": str(root / "compile-cache"), "nproc_per_node": processes,
                   "threads_per_process": THREADS // processes, "lr": OPTIM["lr"], "betas": list(OPTIM["betas"]),
                   "weight_decay": OPTIM["weight_decay"], "warmup_steps": OPTIM["warmup_steps"],
