@@ -29,9 +29,10 @@ class InitFromError(RecipeError):
     """``model.init_from`` cannot be trained with this recipe; the message names the key and the URL."""
 
 
-def _decoder_fields(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | None) -> dict:
-    """The config fields Llama and Qwen3 (Llama plus QK-norm) share, from the recipe's shape."""
-    return dict(
+def llama_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | None = None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -50,21 +51,34 @@ def _decoder_fields(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int 
     )
 
 
-def llama_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | None = None):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**_decoder_fields(cfg, vocab_size, eos_id, pad_id))
-
-
 def qwen3_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | None = None):
     """``model.qk_norm``: Qwen3 is Llama's decoder plus per-head q/k RMSNorm, loadable without remote code.
     Its own defaults differ from Llama's where it matters, so every one is pinned: head_dim = hidden / heads (Qwen3
     defaults to 128), no attention bias, no sliding window, Llama's norm eps."""
     from transformers import Qwen3Config
 
-    return Qwen3Config(**_decoder_fields(cfg, vocab_size, eos_id, pad_id), head_dim=cfg.hidden_size // cfg.num_heads,
-                       attention_bias=False, use_sliding_window=False, sliding_window=None,
-                       max_window_layers=cfg.num_layers)
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,
+        max_position_embeddings=cfg.seq_len,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=cfg.num_layers,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        rms_norm_eps=1e-5,
+        initializer_range=0.02,
+        use_cache=False,
+    )
 
 
 def bert_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int | None = None):
