@@ -162,16 +162,12 @@ def write_anchor_config(work: Path, data: dict[str, Any]) -> int:
     """The LlamaConfig our recipe builds, for the Trainer to build the same model; its parameter count."""
     from pretrain.config import validate
     from pretrain.model.build import hf_config
+    from pretrain.model.memory import parameter_counts
 
     recipe = validate(recipe_tree(work, 1, 1, False))
     config = hf_config(recipe.model, VOCAB, data["eos"], data["pad"])
     config.to_json_file(str(work / "config.json"))
-    cfg = recipe.model
-    per_layer = (2 * cfg.hidden_size * cfg.hidden_size
-                 + 2 * cfg.hidden_size * cfg.hidden_size * (cfg.num_kv_heads or cfg.num_heads) // cfg.num_heads
-                 + 3 * cfg.hidden_size * cfg.intermediate_size + 2 * cfg.hidden_size)
-    embeddings = VOCAB * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
-    return cfg.num_layers * per_layer + embeddings + cfg.hidden_size
+    return parameter_counts(config).total
 
 
 # ---------------------------------------------------------------------------------------------------- probes

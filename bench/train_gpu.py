@@ -3,7 +3,7 @@
 Runs with no arguments on a machine with one CUDA GPU, from the repository root, within 5 minutes including
 start-up: builds synthetic token shards (random ids, vocabulary 32,000, EOS-separated documents; no hub, no
 tokenizer) and a recipe, then runs ``python -m pretrain.train --config RECIPE`` in a fresh process (empty
-compile caches) for ``--steps`` (40) steps of ``--micro-batch`` (16; the engine estimates ~97 GiB) x 2048
+compile caches) for ``--steps`` (40) steps of ``--micro-batch`` (16; the engine estimates ~98 GiB) x 2048
 tokens, and reads its ``metrics.jsonl``.
 Prints as its LAST line one JSON object with ``tokens_per_second`` and ``mfu`` first: medians of the logged
 spans after ``--warmup`` steps (compilation excluded). ``mfu`` is the engine's (model FLOP/s over the GPU's
@@ -105,7 +105,8 @@ def build_tokens(root: Path, tokens: int, vocab: int, seed: int = 0):
 
 
 def recipe_tree(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    model: dict[str, Any] = {"preset": "1b", "seq_len": SEQ}
+    # issue 8's set-up, a plain Llama with AdamW (the speed anchors' model), whatever the quality defaults are
+    model: dict[str, Any] = {"preset": "1b", "seq_len": SEQ, "qk_norm": False}
     if args.smoke:
         model = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128, "seq_len": 128}
     return {
@@ -113,6 +114,7 @@ def recipe_tree(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         "sources": [{"name": "synthetic", "format": "code", "uri": "builtin:stdlib"}],  # not read: tokens exist
         "model": model,
         "train": {"max_steps": args.steps, "micro_batch_size": args.micro_batch, "precision": "bf16",
+                  "optimizer": "adamw", "schedule": "cosine", "z_loss": 0.0,
                   "compile": not args.smoke, "compile_cache": str(root / "compile-cache"), "parallel": "ddp",
                   "nproc_per_node": 1, "warmup_steps": 10, "log_interval": args.log_interval,
                   "eval_interval": args.steps, "eval_batches": 1, "checkpoint_interval": args.steps},

@@ -257,3 +257,17 @@ def test_a_wsd_decay_longer_than_the_run_after_warmup_is_refused_naming_the_keys
                               "train.decay_fraction=0.5"])  # 20 decay steps right after 20 warmup steps
     assert lr_factor(19, ok.train) == 1.0 and lr_factor(39, ok.train) == pytest.approx(ok.train.min_lr_ratio)
     assert load_recipe("tiny", ["train.schedule=cosine", "train.max_steps=10"]).train.max_steps == 10
+
+
+# -- presets --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("preset", "tied"), [("tiny", True), ("125m", True), ("350m", False), ("1b", False),
+                                              ("8b", False)])
+def test_presets_untie_the_head_from_350m_up_and_an_explicit_key_still_wins(preset, tied):
+    from pretrain.model.build import hf_config
+
+    assert ModelConfig(preset=preset).tie_embeddings is tied
+    assert hf_config(ModelConfig(preset=preset), 1000, 0).tie_word_embeddings is tied
+    assert ModelConfig(preset=preset, tie_embeddings=not tied).tie_embeddings is (not tied)
+    counts = parameter_counts(hf_config(ModelConfig(preset="350m", seq_len=64), 1000, 0))
+    tied_counts = parameter_counts(hf_config(ModelConfig(preset="350m", seq_len=64, tie_embeddings=True), 1000, 0))
+    assert counts.total - tied_counts.total == counts.head == 1000 * 1024  # a second vocab x hidden table

@@ -161,7 +161,8 @@ def estimate_memory(config, train_cfg: TrainConfig, world_size: int, micro_batch
     optimizer_step = 16 * largest if muon_share else 0
     counted = local * 8 + optimizer + communication + max(activations + weight_copies + logits, optimizer_step)
     overhead = FIXED_OVERHEAD.get(device_type, FIXED_OVERHEAD["cuda"]) + int(FRAGMENTATION * counted)
-    setup = (f"{s.kind} {counts.total / 1e9:.2f}B params, {train_cfg.parallel} x{world_size}, micro-batch "
+    model_type = getattr(config, "model_type", s.kind)  # qwen3 (Llama + QK-norm) is named as such
+    setup = (f"{model_type} {counts.total / 1e9:.2f}B params, {train_cfg.parallel} x{world_size}, micro-batch "
              f"{micro_batch_size} x {seq_len}, {train_cfg.precision}, activation_checkpointing "
              f"{train_cfg.activation_checkpointing}, loss {train_cfg.loss}, {train_cfg.optimizer}")
     return MemoryEstimate(parameters=4 * local, gradients=4 * local, optimizer=optimizer, communication=communication,
