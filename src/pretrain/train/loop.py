@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import resource
 import signal
 import time
@@ -35,6 +36,12 @@ from pretrain.train.schedule import build_scheduler, check_resume, current_lr, t
 from pretrain.train.stability import StabilityGuard
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job is retried and resumes from the checkpoint just written
+# The wrapped model (DDP's Reducer, FSDP's groups) holds the gloo process group. Freeing it when ``train`` returns
+# ran ~ProcessGroupGloo, which joins gloo's worker threads while holding the GIL, and a worker still releasing the
+# last barrier's tensors waits for the GIL: a deadlock seen at the end of 2-rank runs (py-spy: main thread in
+# Reducer dealloc -> thread::join, worker in gil_scoped_acquire). So a distributed run's model and optimizer stay
+# referenced here; the entry point ends the process with os._exit once everything is written.
+_KEEP_ALIVE: list[object] = []
 
 
 class Preempted(SystemExit):
@@ -151,7 +158,20 @@ def build_module(recipe: Recipe, tokens: Manifest, d: Dist):
     return module, fpt, estimate
 
 
+def device_name(device: torch.device) -> str:
+    """The accelerator's or CPU's model name, for the model card's hardware line."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor() or "cpu"
+    except OSError:
+        return platform.processor() or "cpu"
+
+
 def train(recipe: Recipe) -> dict:
+    began = time.monotonic()
     cfg = recipe.train
     d = init_distributed(cfg.backend)
     torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
@@ -175,6 +195,7 @@ def train(recipe: Recipe) -> dict:
     scheduler = build_scheduler(optimizer, cfg)
     start = ckpt.restore(core, optimizer, scheduler)
     saved = ckpt.extra(start) if start else {}
+    prior_wall = float(saved.get("wall_seconds", 0.0))  # the earlier processes' share of this run's wall-clock
     note = check_resume(saved["trajectory"], cfg, start) if start and "trajectory" in saved else None
     if note and d.rank == 0:
         print(f"[checkpoint] {note}", flush=True)
@@ -205,7 +226,7 @@ def train(recipe: Recipe) -> dict:
                   "samples": TokenLoader.samples_before(micro_step, d.world, cfg.micro_batch_size, anchor)}
         url = ckpt.save(step, core, optimizer, scheduler, {
             "tokens_seen": step * state.tokens_per_step, "loader": loader, "trajectory": trajectory(cfg),
-            "guard": guard.state_dict()})
+            "guard": guard.state_dict(), "wall_seconds": prior_wall + time.monotonic() - began})
         last_save = time.monotonic()
         return url
 
@@ -298,6 +319,7 @@ def train(recipe: Recipe) -> dict:
     except Preempted:
         log.close()
         if dist.is_initialized():
+            _KEEP_ALIVE.append((module, optimizer))
             dist.destroy_process_group()
         raise
     finally:
@@ -309,8 +331,10 @@ def train(recipe: Recipe) -> dict:
                "parameters": sum(p.numel() for p in core.parameters()),
                "trained_tokens_by_source": trained, "anomalies": guard.state.anomalies,
                "flops_per_token": fpt, "peak_flops": peak, "peak_flops_source": peak_source,
-               "memory_estimate_gb": estimate.total / 1e9}
+               "memory_estimate_gb": estimate.total / 1e9, "device_name": device_name(d.device),
+               "wall_seconds": prior_wall + time.monotonic() - began}
     if dist.is_initialized():
         dist.barrier()
+        _KEEP_ALIVE.append((module, optimizer))
         dist.destroy_process_group()
     return summary

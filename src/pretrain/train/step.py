@@ -56,6 +56,9 @@ def train_step(recipe: Recipe, tokens: Manifest, run_id: str = "manual") -> Mani
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
         "final_train_loss": losses[-1]["loss"] if losses else None,
         "tokens_per_second": losses[-1].get("tokens_per_second") if losses else None,
+        # for the model card's compute and hardware lines
+        **{k: summary.get(k) for k in ("device", "device_name", "wall_seconds", "flops_per_token",
+                                       "peak_flops_source") if summary.get(k) is not None},
     }
     shards = [Shard(url=storage.join(ckpt_root, step_name(s)), rows=s, bytes=0, meta={"step": s}) for s in steps]
     result = Manifest(kind="checkpoints", root=root, fingerprint=fp, shards=shards, stats=stats,
