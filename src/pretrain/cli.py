@@ -24,6 +24,9 @@ EXAMPLES = """examples:
   pretrain compile gpu-125m --image registry.example/pretrain:1.0 -o gpu.yaml
   pretrain submit quickstart run_root=s3://pretrain/runs/qs --host http://localhost:8080
   pretrain job gpu-1b | kubectl apply -f -    the training job alone (PyTorchJob/TrainJob), without KFP
+  pretrain evaluate runs/qs/model --run-root runs/qs    any HF model folder on a run's held-out data and tasks
+  pretrain evaluate ./my-model --tasks hellaswag --online  lm-eval harness tasks by name (hub access)
+  pretrain compare runs/a runs/b s3://bucket/runs/c    runs side by side: table and overlaid loss curves
 """
 
 
@@ -232,6 +235,66 @@ def cmd_megatron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_target(target: str | None) -> bool:
+    """``pretrain evaluate X``: X is a model folder (evaluate it) rather than a recipe (run the steps)? A folder,
+    a remote URL that is not a YAML/JSON file, or a missing path with a folder part (``./model``), which then
+    fails naming itself; a bare missing name stays a recipe name, whose error lists the bundled ones."""
+    if not target or ("=" in target and not os.path.exists(target)):
+        return False
+    if target.lower().endswith((".yaml", ".yml", ".json")):
+        return False
+    if storage.is_remote(target) or os.path.isdir(target):
+        return True
+    return not os.path.exists(target) and os.sep in target
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``pretrain evaluate MODEL_URL``: any HF causal or masked LM folder, outside the pipeline; ``pretrain
+    evaluate [RECIPE]``: every step in-process, as before."""
+    from pretrain.evaluate.harness import ModelError
+    from pretrain.evaluate.standalone import EvaluateOptions, evaluate_model, summary_lines
+    from pretrain.evaluate.tasks import TaskFileError
+
+    model_flags = [f for f, v in (("--tasks", args.tasks), ("--task-dir", args.task_dir),
+                                  ("--run-root", args.run_root), ("--out", args.out), ("--limit", args.limit),
+                                  ("--max-batches", args.max_batches), ("--batch-size", args.batch_size),
+                                  ("--device", args.device), ("--online", args.online or None))
+                   if v is not None]
+    if not _model_target(args.recipe):
+        if model_flags:
+            raise RecipeError(f"{', '.join(model_flags)}: options of `pretrain evaluate MODEL_URL`; "
+                              f"{args.recipe or 'no model folder'} is a recipe (its steps run in-process)")
+        return cmd_step(args)
+    if args.overrides:
+        raise RecipeError(f"{' '.join(args.overrides)}: overrides apply to a recipe, not to a model folder")
+    options = EvaluateOptions(
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None,
+        task_dir=args.task_dir, run_root=args.run_root, batch_size=args.batch_size or 8, limit=args.limit,
+        max_batches=args.max_batches, device=args.device or "cpu", online=args.online)
+    try:
+        report = evaluate_model(args.recipe, args.out, options)
+    except (ModelError, TaskFileError, ValueError) as err:
+        print(f"pretrain: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {storage.join(report['out'], 'report.html')} (and report.json, report.md)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pretrain.evaluate.compare import CompareError, compare, default_out, format_table
+
+    out = args.out or default_out()
+    try:
+        result = compare(args.run_roots, out)
+    except CompareError as err:
+        print(f"pretrain: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result["runs"]))
+    print(f"wrote {storage.join(out, 'compare.html')} and compare.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrain", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
@@ -284,12 +347,47 @@ def build_parser() -> argparse.ArgumentParser:
     job.set_defaults(func=cmd_job)
     for name, help_text in (("data", "plan, ingest, filter, dedup and tokenize, in-process (no KFP)"),
                             ("train", "the data steps and training, in-process (no KFP)"),
-                            ("export", "up to the Hugging Face export, in-process (no KFP)"),
-                            ("evaluate", "every step in-process (no KFP), ending with the report")):
-        p = sub.add_parser(name, help=help_text, description=f"Run {help_text}; finished steps are reused.",
-                           aliases=["eval"] if name == "evaluate" else [])
+                            ("export", "up to the Hugging Face export, in-process (no KFP)")):
+        p = sub.add_parser(name, help=help_text, description=f"Run {help_text}; finished steps are reused.")
         _recipe_args(p)
         p.set_defaults(func=cmd_step, step=name)
+    ev = sub.add_parser(
+        "evaluate", aliases=["eval"], help="evaluate any HF model folder (MODEL_URL), or run every step of a recipe "
+        "in-process ending with the report",
+        description="pretrain evaluate MODEL_URL: evaluate a Hugging Face causal or masked LM folder (local or "
+                    "s3://) outside the pipeline: lm-eval harness tasks (--tasks) or a local task folder "
+                    "(--task-dir); with --run-root, a pretrain run's held-out metrics per source (when the model "
+                    "has the run's tokenizer) and its task set. Writes report.json, report.md and report.html to "
+                    "--out. pretrain evaluate [RECIPE]: every step in-process (no KFP), ending with the report; "
+                    "finished steps are reused.")
+    ev.add_argument("recipe", nargs="?", default=None, metavar="MODEL_URL|RECIPE",
+                    help="a Hugging Face model folder (a directory or s3:// folder), or a recipe (YAML path, s3:// "
+                         f"URL or bundled name: {', '.join(bundled_recipes())}; default: quickstart)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (recipe mode only)")
+    ev.add_argument("--tasks", default=None, help="comma-separated tasks: names in the task folder, else lm-eval "
+                    "harness tasks (default: every task of the task folder / the run's task set)")
+    ev.add_argument("--task-dir", default=None, help="a local task folder (tasks.json; default with --run-root: "
+                    "the run's task set, built from its validation documents when missing)")
+    ev.add_argument("--run-root", default=None, help="a pretrain run root (local or s3://): held-out metrics per "
+                    "source on its validation shards, its task set, its data facts in the report")
+    ev.add_argument("--out", default=None, help="output folder (default: ./evaluate-<model folder name>)")
+    ev.add_argument("--batch-size", type=int, default=None, help="batch size of held-out and task scoring (default 8)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    ev.add_argument("--max-batches", type=int, default=None,
+                    help="held-out batches per source (default: the run's evaluate.max_batches)")
+    ev.add_argument("--device", default=None, help="torch device (default: cpu)")
+    ev.add_argument("--online", action="store_true", help="let lm-eval download hub task datasets (default: "
+                    "offline, only datasets already in the local cache)")
+    ev.set_defaults(func=cmd_evaluate, step="evaluate")
+    cmp_ = sub.add_parser("compare", help="several runs side by side: table and overlaid loss curves",
+                          description="Compare run roots (local or s3://): a table (recipe, parameters, tokens "
+                                      "trained, steps, final validation loss, held-out loss/perplexity/bits per "
+                                      "byte, task accuracies, wall time) printed and written with overlaid "
+                                      "training and validation loss curves (vs tokens trained) as compare.html "
+                                      "and compare.json in --out.")
+    cmp_.add_argument("run_roots", nargs="+", metavar="RUN_ROOT", help="run roots (local paths or s3:// URLs)")
+    cmp_.add_argument("--out", default=None, help="output folder (default: ./compare)")
+    cmp_.set_defaults(func=cmd_compare)
     mega = sub.add_parser("megatron", help="export the token shards as a Megatron-LM indexed dataset",
                           description="Run the data steps (finished ones are reused) and write one split's token "
                                       "shards as Megatron-LM's indexed dataset: OUTPUT.bin and OUTPUT.idx, one "

@@ -653,8 +653,12 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    max_batches: PositiveInt = 32
+    max_batches: PositiveInt = 32  # held-out batches per source
     batch_size: PositiveInt = 8
+    # task accuracy: next_line / next_sentence are the run's own cloze tasks (built from validation documents,
+    # decontaminated against the train split); any other name is an lm-eval harness task (needs its data offline)
+    tasks: list[str] = Field(default_factory=lambda: ["next_line", "next_sentence"])
+    task_items: PositiveInt = 500  # items per task of the run's own set at most
     prompts: list[str] = Field(default_factory=lambda: ["def ", "import ", "The "])
     max_new_tokens: PositiveInt = 40
 

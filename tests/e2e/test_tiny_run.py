@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -96,6 +97,30 @@ def test_training_really_learned(tiny_run):
     evaluation = Manifest.load(str(root / "evaluate"))
     assert evaluation.stats["loss"] <= 0.7 * train.stats["initial_val_loss"]
     assert 0 < evaluation.stats["bits_per_byte"] < 8
+
+
+def test_evaluation_tasks_card_and_cutoff_come_from_the_run(tiny_run):
+    """The run's own cloze task is scored above chance; the card carries the same numbers and the cutoff."""
+    import yaml
+
+    root, _, _ = tiny_run
+    evaluation = Manifest.load(str(root / "evaluate"))
+    task = evaluation.extra["tasks"]["next_line"]
+    assert task["items"] >= 50 and task["chance"] == 0.25 and task["harness"] == "lm-eval"
+    assert task["accuracy"] > task["chance"] + 0.1, task  # a trained model, not a coin
+    report = json.loads((root / "evaluate" / "report.json").read_text())
+    by_source = report["metrics"]["by_source"]
+    assert {"stdlib-code", "pydoc-web", "wiki"} <= set(by_source)
+    for row in by_source.values():
+        assert row["tokens"] == 0 or math.isclose(row["perplexity"], math.exp(row["loss"]))
+    card = (root / "model" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    values = {(r["dataset"]["name"], m["type"]): m["value"] for r in meta["model-index"][0]["results"]
+              for m in r["metrics"]}
+    assert values[("tiny validation split (all sources)", "loss")] == round(evaluation.stats["loss"], 6)
+    assert values[("next_line", "accuracy")] == round(task["accuracy"], 6)
+    cutoff = report["data"]["dates"]["knowledge_cutoff"]
+    assert cutoff and "Knowledge cutoff" in card and cutoff in card
 
 
 def test_exported_model_loads_with_transformers_and_generates(tiny_run):

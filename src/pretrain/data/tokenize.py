@@ -12,14 +12,21 @@ Three stages, each a KFP task (the middle one a fan-out) and the same functions 
 
 The fingerprint covers the tokenizer settings (and the loaded tokenizer's content), the documents, the split,
 the mixture and ``model.seq_len`` (the saved tokenizer's maximum length).
+
+Each partition also counts its documents' dates per split (``DateStats``); ``finish`` merges them per source into
+``extra["dates"]``, the basis of the model's knowledge cutoff (the latest date in the train split). A date is
+read, never guessed: an empty or unreadable one is counted as undated.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
+import functools
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -77,6 +84,77 @@ def step_fingerprint(recipe: Recipe, documents: Manifest) -> str:
     loaded = tokenizer_hash(source) if source else None
     return fingerprint(recipe.tokenizer.model_dump(), loaded, recipe.model.init_from, recipe.split.model_dump(),
                        recipe.mixture.model_dump(), recipe.model.seq_len, recipe.seed, documents.fingerprint)
+
+
+# -- document dates ----------------------------------------------------------------------------------------------
+_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:[.,]\d+)?)?)?\s*(Z|[+-]\d\d:?\d\d)?")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def document_day(value: str | None) -> str | None:
+    """The UTC day ``YYYY-MM-DD`` of an ISO 8601 date (the documents' ``date`` column); None when the value is
+    empty or not such a date. A time with a zone offset is moved to UTC first (11 pm at -05:00 is the next day)."""
+    if value is not None and not isinstance(value, str):  # a date or timestamp column instead of ISO text
+        value = value.isoformat() if hasattr(value, "isoformat") else None
+    match = _ISO.fullmatch((value or "").strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, zone = match.groups()
+    try:
+        moment = datetime.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+                                   int(second or 0))
+    except ValueError:  # 2024-02-30, hour 25: not a date
+        return None
+    if hour is not None and zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        try:
+            moment -= sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        except OverflowError:  # year 1 or 9999 pushed across the range's edge
+            return None
+    return moment.date().isoformat()
+
+
+@dataclasses.dataclass
+class DateStats:
+    """Document dates of one source and split: how many are dated, the range, a count per year.
+
+    ``undated`` counts documents without a date and those whose date is unreadable (``invalid``, a subset),
+    so ``dated + undated`` is every document. Merged across partitions with ``merge``.
+    """
+
+    dated: int = 0
+    undated: int = 0
+    invalid: int = 0
+    earliest: str | None = None
+    latest: str | None = None
+    by_year: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, value: str | None) -> None:
+        day = document_day(value)
+        if day is None:
+            self.undated += 1
+            self.invalid += bool(str(value or "").strip())
+            return
+        self.dated += 1
+        self.by_year[day[:4]] += 1
+        self.earliest = day if self.earliest is None else min(self.earliest, day)
+        self.latest = day if self.latest is None else max(self.latest, day)
+
+    def merge(self, other: DateStats) -> DateStats:
+        days = [d for d in (self.earliest, other.earliest, self.latest, other.latest) if d]
+        return DateStats(self.dated + other.dated, self.undated + other.undated, self.invalid + other.invalid,
+                         min(days) if days else None, max(days) if days else None, self.by_year + other.by_year)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dated": self.dated, "undated": self.undated, "invalid": self.invalid, "earliest": self.earliest,
+                "latest": self.latest, "by_year": dict(sorted(self.by_year.items()))}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DateStats:
+        return cls(int(data.get("dated", 0)), int(data.get("undated", 0)), int(data.get("invalid", 0)),
+                   data.get("earliest"), data.get("latest"),
+                   collections.Counter({str(k): int(v) for k, v in (data.get("by_year") or {}).items()}))
 
 
 # -- stage 1: the tokenizer and the plan -----------------------------------------------------------------------
@@ -164,17 +242,20 @@ def encode_partition(recipe: Recipe, plan: TokenPlan, part: int) -> Manifest:
     if (done := reuse(plan.marker_url(part), plan.part_fingerprint(part))) is not None:
         return done
     info = plan.partitions[part]
-    _check_schema(info["url"])
+    columns = ["id", "text", "date"] if "date" in _check_schema(info["url"]) else ["id", "text"]
     tok_json = storage.read_text(storage.join(plan.tokenizer, "tokenizer.json"))
     encoder = Encoder.from_json(tok_json, recipe.tokenizer.encoder, plan.encoder)
     writers = {split: TokenShardWriter(plan.shard_url(split, part), plan.vocab_size, plan.eos_id,
                                        plan.tokenizer_hash, source=info["source"], split=split) for split in SPLITS}
+    dates = {split: DateStats() for split in SPLITS}
     eos = np.asarray([plan.eos_id], dtype=np.uint32)
-    for batch in iter_batches(info["url"], columns=["id", "text"]):
+    for batch in iter_batches(info["url"], columns=columns):
         ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-        for doc_id, text, enc in zip(ids, texts, encoder.encode_batch(texts), strict=True):
+        days = batch.column("date").to_pylist() if "date" in columns else [None] * len(ids)
+        for doc_id, text, day, enc in zip(ids, texts, days, encoder.encode_batch(texts), strict=True):
             split = "val" if is_validation(doc_id, recipe.split.val_fraction, recipe.seed) else "train"
             writers[split].add(np.concatenate([enc, eos]), len(text.encode("utf-8", "surrogatepass")))
+            dates[split].add(day)
     shards = []
     for split, writer in writers.items():
         header = writer.close()
@@ -183,13 +264,15 @@ def encode_partition(recipe: Recipe, plan: TokenPlan, part: int) -> Manifest:
                             meta={"split": split, "source": info["source"], "documents": header["documents"]}))
     marker = Manifest(kind="tokens-part", root=plan.root, fingerprint=plan.part_fingerprint(part), shards=shards,
                       stats={f"{s.meta['split']}_{k}": v for s in shards
-                             for k, v in (("tokens", s.rows), ("documents", s.meta["documents"]), ("bytes", s.bytes))})
+                             for k, v in (("tokens", s.rows), ("documents", s.meta["documents"]), ("bytes", s.bytes))},
+                      extra={"dates": {split: d.as_dict() for split, d in dates.items()}})
     marker.save(plan.marker_url(part))
     return marker
 
 
-def _check_schema(url: str) -> None:
-    """A documents shard must have string ``id`` and ``text`` columns: anything else is named, not guessed at."""
+def _check_schema(url: str) -> list[str]:
+    """A documents shard must have string ``id`` and ``text`` columns: anything else is named, not guessed at.
+    Returns the shard's column names."""
     fs, path = storage.filesystem(url)
     try:
         with fs.open(path, "rb") as f:
@@ -201,6 +284,7 @@ def _check_schema(url: str) -> None:
         if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             raise InputError(url, None, f"a documents shard needs a string column {name!r}; its schema has "
                                         f"{', '.join(f'{f.name}: {f.type}' for f in schema)}")
+    return list(schema.names)
 
 
 # -- stage 3: the manifest -------------------------------------------------------------------------------------
@@ -228,13 +312,21 @@ def finish(recipe: Recipe, plan: TokenPlan) -> Manifest:
     stats["vocab_size"] = plan.vocab_size
     stats["by_source"] = {k: dict(v) for k, v in sorted(by_source.items())}
     stats["mixture"] = mixture
+    extra: dict[str, Any] = {}
+    if all("dates" in m.extra for m in parts):  # partitions encoded by older code carry none: no partial dates
+        dates = {name: {split: DateStats() for split in SPLITS} for name in by_source}
+        for info, m in zip(plan.partitions, parts, strict=True):
+            for split in SPLITS:
+                found = DateStats.from_dict(m.extra["dates"].get(split, {}))
+                dates[info["source"]][split] = dates[info["source"]][split].merge(found)
+        extra["dates"] = {name: {split: d.as_dict() for split, d in row.items()} for name, row in sorted(dates.items())}
     result = Manifest(
         kind="tokens", root=plan.root, fingerprint=plan.fingerprint, shards=shards, stats=stats,
         config={"tokenizer": recipe.tokenizer.model_dump(), "split": recipe.split.model_dump(),
                 "mixture": recipe.mixture.model_dump()},
         extra={"tokenizer": plan.tokenizer, "vocab_size": plan.vocab_size, "eos_id": plan.eos_id,
                "pad_id": plan.pad_id, "mask_id": plan.mask_id,
-               "tokenizer_hash": plan.tokenizer_hash, "encoder": plan.encoder, "mixture": mixture})
+               "tokenizer_hash": plan.tokenizer_hash, "encoder": plan.encoder, "mixture": mixture, **extra})
     result.save()
     return result
 

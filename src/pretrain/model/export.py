@@ -17,27 +17,20 @@ from pretrain import storage
 from pretrain.config import Recipe, fingerprint
 from pretrain.manifest import Manifest, Shard, reuse
 from pretrain.model.build import auto_class, build_model, pretrained_config
+from pretrain.model.card import PIPELINES, render_card
 from pretrain.train.checkpoint import load_model_weights
 
-KINDS = {"causal_lm": ("text-generation", "causal language model"),
-         "masked_lm": ("fill-mask", "masked language model (bidirectional encoder)")}
 
-CARD = """---
-library_name: transformers
-pipeline_tag: {pipeline}
-tags: [pretrain, base-model]
----
-# {name}
+def card_data(recipe: Recipe, checkpoints: Manifest) -> dict | None:
+    """The data facts for the card (None when the data steps' manifests are not under the run root)."""
+    from pretrain.data.facts import collect
 
-A base (pre-trained, not instruction-tuned) {kind} trained by the `pretrain` platform from recipe `{name}`.
-Load it with `{auto}.from_pretrained` and `AutoTokenizer.from_pretrained`.
-
-- architecture: {arch}, {params:,} parameters, context {seq_len} tokens, vocabulary {vocab}
-- training: {steps} steps, {tokens:,} tokens seen{init_from}
-- final validation loss: {val_loss}
-
-The resolved recipe is in `recipe.json`.
-"""
+    try:
+        data = collect(recipe)
+    except FileNotFoundError:
+        return None
+    data["trained_tokens_by_source"] = checkpoints.extra.get("trained_tokens_by_source") or None
+    return data
 
 
 def skeleton(recipe: Recipe, tokens: Manifest):
@@ -81,22 +74,16 @@ def export_model(recipe: Recipe, checkpoints: Manifest, tokens: Manifest) -> Man
     load_model_weights(checkpoints.extra["latest"], model)
     if objective == "causal_lm":
         model.config.use_cache = True  # off while training; generation wants it
-    vocab = int(tokens.extra["vocab_size"])
     stats = checkpoints.stats
     params = sum(p.numel() for p in model.parameters())
-    pipeline, kind = KINDS[objective]
+    pipeline = PIPELINES[objective][0]
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(tokens.extra["tokenizer"], Path(tmp), objective, tokens.extra.get("mask_id"))
         (Path(tmp) / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
-        (Path(tmp) / "README.md").write_text(CARD.format(
-            name=recipe.name, pipeline=pipeline, kind=kind, auto=auto_class(objective).__name__,
-            arch=model.config.model_type, params=params, seq_len=recipe.model.seq_len, vocab=vocab,
-            steps=stats.get("steps"),
-            tokens=int(stats.get("steps") or 0) * recipe.train.micro_batch_size * recipe.train.grad_accum_steps
-            * recipe.model.seq_len * int(stats.get("world_size") or 1),
-            init_from=f", continued from `{recipe.model.init_from}`" if recipe.model.init_from else "",
-            val_loss=stats.get("final_val_loss")))
+        (Path(tmp) / "README.md").write_text(render_card(
+            recipe, model.config, parameters=params, train=stats, history=checkpoints.extra.get("history"),
+            data=card_data(recipe, checkpoints)))
         files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
         storage.upload_dir(tmp, root)
         shards = [Shard(url=storage.join(root, p.name), rows=0, bytes=p.stat().st_size) for p in files]

@@ -43,6 +43,7 @@ class Stats:
     kept: int = 0
     dropped: int = 0
     bytes_in: int = 0
+    bytes_kept: int = 0  # UTF-8 bytes of the kept documents as written (after rewrites): the data funnel's bytes
     dropped_by_reason: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     bytes_dropped_by_reason: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     transformed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -128,6 +129,7 @@ def filter_batch(batch: pa.RecordBatch, chain: Chain) -> tuple[pa.Table, pa.Tabl
         out_metas.append(meta_json)
         if verdict.reason is None:
             stats.kept += 1
+            stats.bytes_kept += len(verdict.text.encode()) if verdict.text is not None else size or 0
         else:
             stats.dropped += 1
             stats.dropped_by_reason[verdict.reason] += 1
