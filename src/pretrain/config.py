@@ -667,6 +667,24 @@ class PipelineConfig(_Strict):
     parallelism: PositiveInt = 4
 
 
+class ObserveConfig(_Strict):
+    """Live metrics of a run; none of them is ever a reason to stop one.
+
+    ``metrics_port``: rank 0 of training serves Prometheus metrics on ``/metrics`` there (None: off; 9464, not
+    Prometheus's own 9090; the PodMonitor scrapes the container port named ``metrics``). ``pushgateway``: data
+    steps push their counts to this Pushgateway URL (grouped by run and step, deleted at the end of the run).
+    ``tensorboard``: event files under ``train/tensorboard`` (needs the ``tensorboard`` extra). ``progress``: a
+    bar at a terminal, plain lines every ``progress_seconds`` elsewhere (auto), or one of them, or none.
+    """
+
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = 9464
+    metrics_address: str = "0.0.0.0"  # every interface, as a pod needs; 127.0.0.1 keeps it on this machine
+    pushgateway: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
+    tensorboard: bool = False
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    progress_seconds: Annotated[float, Field(gt=0.0)] = 30.0
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
     run_root: str | None = None
@@ -681,6 +699,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
@@ -700,11 +719,11 @@ class Recipe(_Strict):
         self._check_options()  # before auto resolves: qk_norm with masked_lm names the objective, not modernbert
         if self.model.architecture == "auto":
             self.model.architecture = "modernbert" if self.train.objective == "masked_lm" else "llama"
-        if self.model.qk_norm is None:
-            self.model.qk_norm = self.model.architecture == "llama" and not self.model.init_from
         elif encoder != (self.train.objective == "masked_lm") and not self.model.init_from:
             raise ValueError(f"model.architecture {self.model.architecture} cannot train train.objective "
                              f"{self.train.objective}: causal_lm takes llama, masked_lm bert or modernbert")
+        if self.model.qk_norm is None:
+            self.model.qk_norm = self.model.architecture == "llama" and not self.model.init_from
         self._check_cluster()
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "

@@ -271,3 +271,11 @@ def test_presets_untie_the_head_from_350m_up_and_an_explicit_key_still_wins(pres
     counts = parameter_counts(hf_config(ModelConfig(preset="350m", seq_len=64), 1000, 0))
     tied_counts = parameter_counts(hf_config(ModelConfig(preset="350m", seq_len=64, tie_embeddings=True), 1000, 0))
     assert counts.total - tied_counts.total == counts.head == 1000 * 1024  # a second vocab x hidden table
+
+
+def test_an_explicit_qk_norm_keeps_the_architecture_resolution_and_its_check():
+    """qk_norm given explicitly must not bypass resolving ``auto`` nor the architecture/objective check."""
+    recipe = load_recipe("tiny", ["train.objective=masked_lm", "model.qk_norm=false"])
+    assert (recipe.model.architecture, recipe.model.qk_norm) == ("modernbert", False)
+    with pytest.raises(RecipeError, match="model.architecture llama cannot train train.objective masked_lm"):
+        load_recipe("tiny", ["train.objective=masked_lm", "model.architecture=llama", "model.qk_norm=false"])
