@@ -51,13 +51,18 @@ def filter_documents(recipe: str, documents: Input[Dataset], manifest: Output[Da
 
 
 def dedup_plan(recipe: str, filtered: Input[list[Dataset]]) -> list:
-    """Order the filtered partitions for dedup and save the plan; the partition indices to fan out over."""
+    """Order the filtered partitions for dedup and save the plan; the partition indices to fan out over.
+    Where every filter partition has finished: their counts go to the Pushgateway (observe.pushgateway)."""
     from pretrain.components.outputs import read_manifest
 
     from pretrain.config import from_json
     from pretrain.data.dedup.plan import make_plan
+    from pretrain.observe.pushgateway import push_step
 
-    return make_plan(from_json(recipe), [read_manifest(a) for a in filtered]).partitions
+    parsed = from_json(recipe)
+    manifests = [read_manifest(a) for a in filtered]
+    push_step(parsed.observe.pushgateway, parsed.name, "filter", [m.stats for m in manifests])
+    return make_plan(parsed, manifests).partitions
 
 
 def dedup_sketch(recipe: str, partition: int) -> str:
@@ -114,8 +119,12 @@ def dedup(recipe: str, removed: list, manifest: Output[Dataset], summary: Output
     from pretrain.config import from_json
     from pretrain.data.dedup.plan import load_plan
     from pretrain.data.dedup.stages import finish
+    from pretrain.observe.pushgateway import push_step
 
-    write_outputs(finish(load_plan(from_json(recipe))), manifest, summary, metrics)
+    parsed = from_json(recipe)
+    result = finish(load_plan(parsed))
+    push_step(parsed.observe.pushgateway, parsed.name, "dedup", [result.stats])
+    write_outputs(result, manifest, summary, metrics)
 
 
 def tokenize_prepare(recipe: str, documents: Input[Dataset]) -> list:
@@ -144,9 +153,12 @@ def tokenize(recipe: str, encoded: list, manifest: Output[Dataset], summary: Out
 
     from pretrain.config import from_json
     from pretrain.data.tokenize import finish, load_plan
+    from pretrain.observe.pushgateway import push_step
 
     parsed = from_json(recipe)
-    write_outputs(finish(parsed, load_plan(parsed)), manifest, summary, metrics)
+    result = finish(parsed, load_plan(parsed))
+    push_step(parsed.observe.pushgateway, parsed.name, "tokenize", [result.stats])
+    write_outputs(result, manifest, summary, metrics)
 
 
 def train(recipe: str, run_id: str, tokens: Input[Dataset], manifest: Output[Artifact], summary: Output[Markdown],
@@ -162,11 +174,15 @@ def train(recipe: str, run_id: str, tokens: Input[Dataset], manifest: Output[Art
 
 
 def cleanup(recipe: str, run_id: str, status: dsl.PipelineTaskFinalStatus):
-    """The exit handler: a run that did not succeed deletes its cluster training job (a no-op otherwise)."""
+    """The exit handler: a run that did not succeed deletes its cluster training job (a no-op otherwise); every
+    run's data-step metrics leave the Pushgateway (observe.pushgateway)."""
     from pretrain.config import from_json
+    from pretrain.observe.pushgateway import delete_run
     from pretrain.train.step import cleanup_step
 
-    print(cleanup_step(from_json(recipe), run_id, status.state))
+    parsed = from_json(recipe)
+    delete_run(parsed.observe.pushgateway, parsed.name)
+    print(cleanup_step(parsed, run_id, status.state))
 
 
 def export(recipe: str, checkpoints: Input[Artifact], tokens: Input[Dataset], manifest: Output[Model],

@@ -42,7 +42,6 @@ MINIO_IMAGE = (
     "@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e"
 )
 TRAIN_LABELS = {"app.kubernetes.io/part-of": "pretrain", "app.kubernetes.io/component": "train"}
-METRICS = ("pretrain_train_loss", "pretrain_tokens_per_second", "pretrain_mfu", "pretrain_step")
 # Kubernetes version whose schemas validate the built-in kinds.
 K8S_VERSION = "1.32.0"
 LOCAL_CRDS = Path(__file__).parent / "crds"
@@ -423,8 +422,7 @@ def test_grafana_dashboard(objs):
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
-    for metric in METRICS:
-        assert metric in exprs, metric
+    # every metric name in the panels is one the code exports: tests/unit/test_observe.py
     assert "training_job" in exprs  # the label the PodMonitor sets
     defined = {v["name"] for v in dashboard["templating"]["list"]}
     used = set(re.findall(r"\$(\w+)", exprs + json.dumps([p["datasource"] for p in panels]))) - {"__rate_interval"}

@@ -156,6 +156,13 @@ def test_pytorchjob_multi_node_on_the_gpu_pool():
         assert pod["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] == "16Gi"
         assert pod["metadata"]["labels"]["pretrain.dev/job"] == job["metadata"]["name"]
         assert_restricted(pod)
+    # rank 0 (on the Master) serves /metrics: the PodMonitor finds its port by name there, and only there
+    metrics = {"name": "metrics", "containerPort": 9464, "protocol": "TCP"}
+    assert metrics in the_container(replicas["Master"]["template"])["ports"]
+    assert metrics not in the_container(replicas["Worker"]["template"])["ports"]
+    no_port = render_job(recipe("pytorchjob", "train.nnodes=4", "observe.metrics_port=null", *GPU), "run-1")
+    assert all(p["name"] != "metrics" for r in no_port["spec"]["pytorchReplicaSpecs"].values()
+               for p in the_container(r["template"])["ports"])
     # The operator injects PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / PET_MASTER_PORT: no duplicate flags.
     command = the_container(replicas["Worker"]["template"])["command"]
     assert command == ["python", "-m", "torch.distributed.run", "-m", "pretrain.train", "--config",

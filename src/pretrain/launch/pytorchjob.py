@@ -28,8 +28,10 @@ REPLICA_INDEX = "training.kubeflow.org/replica-index"
 JOB_NAME = "training.kubeflow.org/job-name"
 
 
-def pod_template(spec: JobSpec) -> dict[str, Any]:
-    """One node's pod: PSS-restricted, Guaranteed resources, /dev/shm, the node pool, Secret by reference."""
+def pod_template(spec: JobSpec, metrics: bool = False) -> dict[str, Any]:
+    """One node's pod: PSS-restricted, Guaranteed resources, /dev/shm, the node pool, Secret by reference.
+    ``metrics``: the pod may hold rank 0, which serves /metrics: its port is named ``metrics`` for the
+    PodMonitor (only there, so the other nodes do not show as targets that are down)."""
     pod: dict[str, Any] = {
         "securityContext": pod_security_context(),
         "automountServiceAccountToken": False,  # training never talks to the API server
@@ -39,7 +41,9 @@ def pod_template(spec: JobSpec) -> dict[str, Any]:
             "command": spec.command,
             "env": env(spec),
             "resources": resources(spec),
-            "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}],
+            "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}]
+            + ([{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}]
+               if metrics and spec.metrics_port else []),
             "volumeMounts": [shm_mount()],
             "securityContext": container_security_context(),
         }],
@@ -58,13 +62,13 @@ def pod_template(spec: JobSpec) -> dict[str, Any]:
 
 def render(spec: JobSpec) -> dict[str, Any]:
     """The PyTorchJob for ``spec`` (see the module docstring for its shape)."""
-    def replica(count: int) -> dict[str, Any]:
-        return {"replicas": count, "restartPolicy": "OnFailure", "template": pod_template(spec)}
+    def replica(count: int, metrics: bool = False) -> dict[str, Any]:
+        return {"replicas": count, "restartPolicy": "OnFailure", "template": pod_template(spec, metrics)}
 
-    if spec.elastic:
-        replicas = {"Worker": replica(spec.nnodes)}
+    if spec.elastic:  # rank 0 may land on any worker
+        replicas = {"Worker": replica(spec.nnodes, metrics=True)}
     else:
-        replicas = {"Master": replica(1)}
+        replicas = {"Master": replica(1, metrics=True)}
         if spec.nnodes > 1:
             replicas["Worker"] = replica(spec.nnodes - 1)
     body: dict[str, Any] = {

@@ -64,6 +64,7 @@ class JobSpec:
     elastic_min: int | None = None  # pytorchjob only: min..max nodes, restarts
     elastic_max: int | None = None
     elastic_restarts: int | None = None
+    metrics_port: int | None = None  # rank 0 serves /metrics here (observe.metrics_port); None: no port
 
     @property
     def elastic(self) -> bool:
@@ -96,6 +97,7 @@ def job_spec(recipe: Recipe, run_id: str = "manual") -> JobSpec:
         priority_class=cluster.priority_class,
         node_selector=dict(pool.node_selector),
         tolerations=[t.model_dump(exclude_none=True) for t in pool.tolerations],
+        metrics_port=recipe.observe.metrics_port,
         labels={"app.kubernetes.io/part-of": "pretrain", "app.kubernetes.io/component": "train",
                 "pretrain.dev/recipe": _label_value(recipe.name), "pretrain.dev/job": name},
         annotations={"pretrain.dev/run-id": run_id},

@@ -27,6 +27,7 @@ class TrainState:
     peak_flops: float | None
     world: int = 1
     save_requested: bool = False  # by time (train.checkpoint_minutes) or SIGTERM, agreed by every rank
+    checkpoint_seconds: float | None = None  # the last save's time in the loop (observe: its duration metric)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

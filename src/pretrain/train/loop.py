@@ -27,6 +27,7 @@ from pretrain.model.build import build_model, check_vocab, init_weights, load_pr
 from pretrain.model.flops import flops_per_token, matmul_precision, peak_flops
 from pretrain.model.memory import available_memory, check_fits, estimate_memory
 from pretrain.model.parallel import clip_grad_norm, gradient_sync, parallelize, unwrap
+from pretrain.observe.callbacks import observer_callbacks
 from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls, verify_shards
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
 from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
@@ -224,17 +225,22 @@ def train(recipe: Recipe) -> dict:
         loader = {"world": d.world, "micro_batch": cfg.micro_batch_size, "anchor": list(anchor),
                   "micro_step": micro_step, "offset": offset,
                   "samples": TokenLoader.samples_before(micro_step, d.world, cfg.micro_batch_size, anchor)}
+        saving = time.monotonic()
         url = ckpt.save(step, core, optimizer, scheduler, {
             "tokens_seen": step * state.tokens_per_step, "loader": loader, "trajectory": trajectory(cfg),
             "guard": guard.state_dict(), "wall_seconds": prior_wall + time.monotonic() - began})
         last_save = time.monotonic()
+        state.checkpoint_seconds = last_save - saving
         return url
 
     def checkpointed(state: TrainState, url: str) -> None:
         for cb in callbacks:
             cb.on_checkpoint(state, url)
 
-    callbacks: list[Callback] = [Throughput(), log, Checkpointing(save, cfg.checkpoint_interval, checkpointed)]
+    # observers (Prometheus, TensorBoard, progress; rank 0) after Throughput, whose numbers they report
+    callbacks: list[Callback] = [Throughput(), log, *observer_callbacks(recipe.observe, recipe.name, state,
+                                                                        recipe.url("train")),
+                                 Checkpointing(save, cfg.checkpoint_interval, checkpointed)]
 
     def run_eval() -> None:
         loss = evaluate_loss(module, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast, recipe.seed)
