@@ -578,7 +578,8 @@ class TrainConfig(_Strict):
     micro_batch_size: PositiveInt = 8
     grad_accum_steps: PositiveInt = 1
     # optimizer: adamw (no decay on norms, biases, embeddings) or muon (2-D hidden weights; AdamW for the rest)
-    # muon by default: AdamW instead ends 0.58 nats worse at the quickstart shape (bench/quality.py)
+    # muon by default: AdamW instead ends 0.58 nats worse at the quickstart shape (bench/quality.py); a masked
+    # LM defaults to adamw (and cosine), which won there (see Recipe)
     optimizer: Literal["adamw", "muon"] = "muon"
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-3
     betas: tuple[Fraction, Fraction] = (0.9, 0.95)
@@ -724,6 +725,14 @@ class Recipe(_Strict):
                              f"{self.train.objective}: causal_lm takes llama, masked_lm bert or modernbert")
         if self.model.qk_norm is None:
             self.model.qk_norm = self.model.architecture == "llama" and not self.model.init_from
+        if self.train.objective == "masked_lm":
+            # Encoders default to AdamW + cosine: at the quickstart shape (0.82M tokens, bench/quality.py
+            # --objective masked_lm) Muon + WSD led early but ended 5.70 against AdamW + cosine's 5.59
+            given = self.train.model_fields_set
+            if "optimizer" not in given:
+                self.train.optimizer = "adamw"
+            if "schedule" not in given:
+                self.train.schedule = "cosine"
         self._check_cluster()
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "

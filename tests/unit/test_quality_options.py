@@ -279,3 +279,13 @@ def test_an_explicit_qk_norm_keeps_the_architecture_resolution_and_its_check():
     assert (recipe.model.architecture, recipe.model.qk_norm) == ("modernbert", False)
     with pytest.raises(RecipeError, match="model.architecture llama cannot train train.objective masked_lm"):
         load_recipe("tiny", ["train.objective=masked_lm", "model.architecture=llama", "model.qk_norm=false"])
+
+
+def test_a_masked_lm_defaults_to_adamw_and_cosine_unless_the_recipe_says_otherwise():
+    """bench/quality.py --objective masked_lm: Muon + WSD lost to AdamW + cosine for the encoder."""
+    causal = load_recipe("tiny", [])
+    assert (causal.train.optimizer, causal.train.schedule) == ("muon", "wsd")
+    masked = load_recipe("tiny", ["train.objective=masked_lm"])
+    assert (masked.train.optimizer, masked.train.schedule) == ("adamw", "cosine")
+    chosen = load_recipe("tiny", ["train.objective=masked_lm", "train.optimizer=muon", "train.schedule=wsd"])
+    assert (chosen.train.optimizer, chosen.train.schedule) == ("muon", "wsd")
