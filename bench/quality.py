@@ -13,19 +13,23 @@ has token shards, e.g. ``runs/quickstart`` after ``make run``). Every run is the
   sits at an edge, up to 2 extensions);
 - (b) ``ours``: the quickstart recipe as bundled, i.e. the project's defaults, with only the budget changed (no
   per-benchmark tuning). As its schedule may decay only at the end (WSD), its tokens-to-target is also measured
-  by whole runs of ``ours`` with smaller budgets (``--fractions``, default 0.25, 0.35, 0.5);
-- ``--ablate``: ``ours`` with one choice at a time switched back to the standard's (each choice's share).
+  by whole runs of ``ours`` with smaller budgets (``--fractions``, default 0.25, 0.35);
+- ``--objective masked_lm``: the same comparison for the quickstart-shaped encoder (ModernBERT, 15% masking);
+- ``--ablate`` (off by default; ~18 min more): ``ours`` with one choice at a time switched back to the standard's
+  (each choice's share), at the first size.
   ``--candidate key=value,...`` measures a candidate default set (added to ``ours``) before it becomes the default;
   the JSON then says ``"ours": "candidate"`` and lists it.
 
 ``tokens_ratio``: the tokens our recipe needs to reach (a)'s final validation loss over (a)'s budget: the smallest
-budget among our runs (the full run's validation curve, interpolated between evaluations, and the smaller-budget
-runs' final losses) that reaches it; ``time_ratio``: the same for training wall-clock (sum of logged step times,
-so start-up and evaluations count for neither side). Loss curves do not depend on machine load; times do.
+of the full run's validation curve (interpolated between evaluations) and the final losses of whole runs at each
+budget (interpolated between budgets, as a WSD run only decays at its end); ``time_ratio``: the same for training
+wall-clock (sum of logged step times, so start-up and evaluations count for neither side).
+Loss curves do not depend on machine load; times do.
 
 Prints, last, one JSON object: ``tokens_ratio``, ``final_loss_ours``, ``final_loss_standard``, ``time_ratio``,
 ``swept_lrs``, ``best_lr``, then the second size's figures, the ablations and the curves. ``--svg PATH`` writes
-the validation curves as an SVG plot (default ``bench/quality.svg``). About 40 minutes on 2 cores.
+the validation curves as an SVG plot (default ``bench/quality.svg``). About 42 minutes on 2 cores
+(the issue's limit is 45).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,18 @@ ABLATIONS = {
     "hf_init": {"model.init": "hf"},
 }
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where and at what shape the comparison runs: the quickstart's shape on this CPU by default (bench/quality_gpu.py
+    passes a 125M shape on one GPU). ``overrides`` are recipe keys applied to both recipes alike."""
+
+    seq: int = SEQ
+    processes: int = PROCESSES
+    threads: int | None = 1  # per process; None: torch's default (a GPU process)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    label: str = "d=192"
 
 
 def log(message: str) -> None:
@@ -96,15 +112,16 @@ def build_data(work: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------- runs
 
-def base_overrides(steps: int, batch: int, layers: int) -> dict[str, Any]:
-    per_rank = batch // PROCESSES
+def base_overrides(steps: int, batch: int, layers: int, setup: Setup) -> dict[str, Any]:
+    per_rank = batch // setup.processes
     evals = max(1, steps // 12)
-    return {"model.num_layers": layers, "train.max_steps": steps, "train.micro_batch_size": per_rank,
-            "train.grad_accum_steps": 1, "train.nproc_per_node": PROCESSES, "train.threads_per_process": 1,
-            "train.nnodes": 1, "train.launcher": "local", "train.log_interval": max(1, evals // 2),
+    return {"model.num_layers": layers, "model.seq_len": setup.seq, "train.max_steps": steps,
+            "train.micro_batch_size": per_rank, "train.grad_accum_steps": 1, "train.nproc_per_node": setup.processes,
+            "train.threads_per_process": setup.threads, "train.nnodes": 1, "train.launcher": "local",
+            "train.log_interval": max(1, evals // 2),
             "train.eval_interval": evals, "train.eval_batches": 12, "train.checkpoint_interval": steps,
             "train.checkpoint_minutes": None, "train.warmup_steps": max(1, steps // 20),
-            "train.stability.action": "off", "evaluate.batch_size": 8}
+            "train.stability.action": "off", "evaluate.batch_size": 8, **setup.overrides}
 
 
 def write_run(work: Path, data_root: str, run: Run, base: dict[str, Any]) -> Path:
@@ -116,7 +133,10 @@ def write_run(work: Path, data_root: str, run: Run, base: dict[str, Any]) -> Pat
 
     root = work / "runs" / run.name
     tokens = Manifest.load(os.path.join(data_root, "tokens"))
-    Manifest(kind="tokens", root=str(root / "tokens"), fingerprint=tokens.fingerprint, shards=tokens.shards,
+    here = os.path.join(data_root, "tokens")  # the shards' folder now (a carried copy may have moved)
+    shards = [replace(shard, url=here + shard.url[len(tokens.root):]) if shard.url.startswith(tokens.root) else shard
+              for shard in tokens.shards]
+    Manifest(kind="tokens", root=str(root / "tokens"), fingerprint=tokens.fingerprint, shards=shards,
              stats=tokens.stats, extra=tokens.extra).save()
     overrides = {**base, **run.overrides, "run_root": str(root)}
     recipe = load_recipe("quickstart", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
@@ -125,17 +145,44 @@ def write_run(work: Path, data_root: str, run: Run, base: dict[str, Any]) -> Pat
     return path
 
 
+def finished(metrics: Path, steps: int) -> bool:
+    """The run logged its final validation loss (``--keep`` reuses it: a long benchmark can be resumed)."""
+    if not metrics.exists():
+        return False
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return any(r.get("step") == steps and "val_loss" in r for r in rows)
+
+
 def train(work: Path, data_root: str, run: Run, base: dict[str, Any], tokens_per_step: int) -> Run:
+    recipe_file = work / "runs" / run.name / "recipe.yaml"
+    before = recipe_file.read_text() if recipe_file.exists() else None
     config = write_run(work, data_root, run, base)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES}",
+    metrics = config.parent / "train" / "metrics.jsonl"
+    if before == config.read_text() and finished(metrics, run.steps):
+        log(f"{run.name}: reusing the finished run in {config.parent}")
+        return read_run(run, metrics, tokens_per_step)
+    if metrics.exists():
+        metrics.unlink()  # a changed or unfinished run starts over
+        for old in (config.parent / "checkpoints").glob("*"):
+            subprocess.run(["rm", "-rf", str(old)], check=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if base["train.threads_per_process"]:
+        env["OMP_NUM_THREADS"] = str(base["train.threads_per_process"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={base['train.nproc_per_node']}",
            "-m", "pretrain.train", "--config", str(config)]
     start = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     run.wall = time.time() - start
     if proc.returncode:
         raise RuntimeError(f"run {run.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for line in (config.parent / "train" / "metrics.jsonl").read_text().splitlines()]
+    read_run(run, metrics, tokens_per_step)
+    log(f"{run.name}: final val loss {run.final:.4f} ({run.wall:.0f} s)")
+    return run
+
+
+def read_run(run: Run, metrics: Path, tokens_per_step: int) -> Run:
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     run.curve = [(r["step"] * tokens_per_step, r["val_loss"]) for r in records if "val_loss" in r]
     elapsed, last = 0.0, 0
     for r in records:
@@ -143,7 +190,6 @@ def train(work: Path, data_root: str, run: Run, base: dict[str, Any], tokens_per
             elapsed += r["step_seconds"] * (r["step"] - last)
             last = r["step"]
             run.seconds.append((r["step"] * tokens_per_step, elapsed))
-    log(f"{run.name}: final val loss {run.final:.4f} ({run.wall:.0f} s)")
     return run
 
 
@@ -181,19 +227,20 @@ def sweep(work: Path, data_root: str, prefix: str, lrs: list[float], base: dict[
         best = min(runs, key=lambda lr: runs[lr].final)
         ordered = sorted(runs)
         if best == ordered[0] and best / 3 >= 1e-5:
-            grid = [best / 3]
+            grid = [float(f"{best / 3:.3g}")]
         elif best == ordered[-1] and best * 3 <= 0.3:
-            grid = [best * 3]
+            grid = [float(f"{best * 3:.3g}")]
         else:
             break
     return runs, min(runs, key=lambda lr: runs[lr].final)
 
 
-def compare(work: Path, data_root: str, layers: int, args: argparse.Namespace, ablate: bool) -> dict[str, Any]:
+def compare(work: Path, data_root: str, layers: int, args: argparse.Namespace, ablate: bool,
+            setup: Setup = Setup()) -> dict[str, Any]:
     """One model size: the standard sweep, ours, ours at smaller budgets, the ablations."""
-    steps = args.tokens // (args.batch * SEQ)
-    tokens_per_step = args.batch * SEQ
-    base = {**base_overrides(steps, args.batch, layers), **args.candidate}
+    steps = args.tokens // (args.batch * setup.seq)
+    tokens_per_step = args.batch * setup.seq
+    base = {**base_overrides(steps, args.batch, layers, setup), "train.objective": args.objective, **args.candidate}
     prefix = f"L{layers}"
     standard, best_lr = sweep(work, data_root, prefix, args.lrs, base, tokens_per_step, steps)
     anchor = standard[best_lr]
@@ -203,14 +250,19 @@ def compare(work: Path, data_root: str, layers: int, args: argparse.Namespace, a
     candidates = [reach] if reach is not None else []
     times = [at(ours.seconds, reach)] if reach is not None else []
     shorter = {}
+    budgets = []  # (tokens, final loss, training seconds) of whole runs of ours, the full one included
     for fraction in args.fractions:
         short_steps = max(1, round(steps * fraction))
         run = train(work, data_root, Run(f"{prefix}-ours-{fraction:g}", {}, short_steps),
-                    {**base_overrides(short_steps, args.batch, layers), **args.candidate}, tokens_per_step)
+                    {**base_overrides(short_steps, args.batch, layers, setup), "train.objective": args.objective,
+                     **args.candidate}, tokens_per_step)
         shorter[f"{fraction:g}"] = round(run.final, 4)
-        if run.final <= target:
-            candidates.append(short_steps * tokens_per_step)
-            times.append(run.seconds[-1][1])
+        budgets.append((short_steps * tokens_per_step, run.final, run.seconds[-1][1]))
+    budgets.append((budget, ours.final, ours.seconds[-1][1]))
+    by_budget = crossing([(t, loss) for t, loss, _ in sorted(budgets)], target)
+    if by_budget is not None:  # loss after a whole (decayed) run, interpolated between the budgets measured
+        candidates.append(by_budget)
+        times.append(at([(t, s) for t, _, s in sorted(budgets)], by_budget))
     anchor_time = anchor.seconds[-1][1]
     result: dict[str, Any] = {
         "tokens_ratio": round(min(candidates) / budget, 4) if candidates else None,
@@ -219,6 +271,7 @@ def compare(work: Path, data_root: str, layers: int, args: argparse.Namespace, a
         "swept_lrs": sorted(standard), "best_lr": best_lr,
         "standard_final_by_lr": {f"{lr:g}": round(r.final, 4) for lr, r in sorted(standard.items())},
         "ours_final_at_fraction_of_budget": shorter, "budget_tokens": budget, "layers": layers,
+        "shape": setup.label,
         "curves": {"standard": anchor.curve, "ours": ours.curve},
     }
     if ablate:
@@ -255,8 +308,8 @@ def svg(results: list[dict[str, Any]], path: Path) -> None:
         def y(v: float, top: int = top, ymin: float = ymin, ymax: float = ymax) -> float:
             return top + 20 + (270 - 40) * (ymax - min(v, ymax)) / (ymax - ymin)
 
-        parts.append(f'<text x="{pad}" y="{top + 14}">{result["layers"]} layers, d=192: validation loss vs tokens '
-                     f'(standard lr {result["best_lr"]:g}; tokens_ratio {result["tokens_ratio"]})</text>')
+        parts.append(f'<text x="{pad}" y="{top + 14}">{result["layers"]} layers, {result["shape"]}: validation loss '
+                     f'vs tokens (standard lr {result["best_lr"]:g}; tokens_ratio {result["tokens_ratio"]})</text>')
         parts.append(f'<line x1="{pad}" y1="{y(ymin)}" x2="{width - pad}" y2="{y(ymin)}" stroke="#888"/>')
         parts.append(f'<line x1="{pad}" y1="{y(ymax)}" x2="{pad}" y2="{y(ymin)}" stroke="#888"/>')
         for v in (ymin, (ymin + ymax) / 2, ymax):
@@ -290,11 +343,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="global batch (sequences of 256 tokens)")
     parser.add_argument("--lrs", type=lambda s: [float(v) for v in s.split(",")], default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--fractions", type=lambda s: [float(v) for v in s.split(",") if v],
-                        default=[0.25, 0.35, 0.5])
+                        default=[0.25, 0.35])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[4, 8])
-    parser.add_argument("--no-ablate", dest="ablate", action="store_false")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also run ours with each choice switched back, at the first size (~+18 min)")
     parser.add_argument("--candidate", type=parse_candidate, default={},
                         help="key=value,... added to ours (and under the standard's overrides): a default to be")
+    parser.add_argument("--objective", choices=["causal_lm", "masked_lm"], default="causal_lm",
+                        help="masked_lm: the same comparison for an encoder (ModernBERT, 15%% masking)")
     parser.add_argument("--data", help="a run root with the quickstart's token shards (default: build them)")
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temp dir)")
     parser.add_argument("--svg", default=str(HERE / "quality.svg"))
@@ -310,6 +366,7 @@ def main() -> None:
     summary = {k: head[k] for k in ("tokens_ratio", "final_loss_ours", "final_loss_standard", "time_ratio",
                                     "swept_lrs", "best_lr")}
     summary["ours"] = {"candidate": args.candidate} if args.candidate else "defaults"
+    summary["objective"] = args.objective
     summary["goal_tokens_ratio"] = 0.35
     summary["meets_goal"] = bool(head["tokens_ratio"] is not None and head["tokens_ratio"] <= 0.35
                                  and head["final_loss_ours"] < head["final_loss_standard"])
