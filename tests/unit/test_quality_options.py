@@ -277,7 +277,7 @@ def test_an_explicit_qk_norm_keeps_the_architecture_resolution_and_its_check():
     """qk_norm given explicitly must not bypass resolving ``auto`` nor the architecture/objective check."""
     recipe = load_recipe("tiny", ["train.objective=masked_lm", "model.qk_norm=false"])
     assert (recipe.model.architecture, recipe.model.qk_norm) == ("modernbert", False)
-    with pytest.raises(RecipeError, match="model.architecture llama cannot train train.objective masked_lm"):
+    with pytest.raises(RecipeError, match=r"model\.architecture llama cannot train train\.objective masked_lm"):
         load_recipe("tiny", ["train.objective=masked_lm", "model.architecture=llama", "model.qk_norm=false"])
 
 
