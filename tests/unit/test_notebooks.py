@@ -1,6 +1,6 @@
 """The notebooks' structure (numbered, a papermill parameters cell, outputs stripped, code that parses) and the
 helpers they import (``pretrain.notebook``): finding a run as a user opens a notebook, following a run that trains.
-tests/e2e/test_notebooks.py executes them on a real kernel."""
+tests/e2e/test_notebooks_run.py executes them on a real kernel."""
 
 from __future__ import annotations
 
