@@ -108,7 +108,7 @@ def test_quickstart_reuses_the_run_and_plots_the_funnel_and_loss_that_the_run_wr
     assert 'id="plot-funnel-documents"' in text(cell(nb, "nb.funnel_chart(facts)"))
     loss = text(cell(nb, "keys=[\"loss\"]"))
     assert 'id="plot-loss"' in loss and "finished: step 300 of 300" in loss
-    completions = [line for line in text(cell(nb, "if generate:")).splitlines() if line[:1] in "'\""]
+    completions = [line for line in text(cell(nb, "if generate:")).splitlines() if line[:1] in ("'", '"')]
     assert len(completions) == 3 and all(len(c) > 12 for c in completions)  # repr() of each prompt's completion
 
 
