@@ -108,8 +108,9 @@ def test_prometheus_scrapes_training_and_the_pushgateway(servers, tmp_path):
 
     root = tmp_path / "run"
     _, url = write_synthetic_run(str(root), [
-        "model.seq_len=32", "model.hidden_size=32", "model.num_layers=1", "model.intermediate_size=64",
-        "train.micro_batch_size=4", "train.max_steps=30", "train.log_interval=2", "train.warmup_steps=2",
+        # long enough (a few seconds on a quiet CPU) for several 250 ms scrapes while the loss changes
+        "model.seq_len=64", "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128",
+        "train.micro_batch_size=4", "train.max_steps=400", "train.log_interval=5", "train.warmup_steps=2",
         "train.eval_interval=1000", "train.eval_batches=1", "train.checkpoint_interval=1000",
         f"observe.metrics_port={servers['train_port']}", "observe.metrics_address=127.0.0.1",
         "observe.progress=lines"], docs=16, doc_len=200)
@@ -118,7 +119,7 @@ def test_prometheus_scrapes_training_and_the_pushgateway(servers, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"Prometheus metrics on http://127.0.0.1:{servers['train_port']}/metrics" in run.stdout
-    assert "\r" not in run.stdout and "[train] 30/30 steps (100%)" in run.stdout  # progress as plain lines
+    assert "\r" not in run.stdout and "[train] 400/400 steps (100%)" in run.stdout  # progress as plain lines
 
     rows = [json.loads(x) for x in (root / "train" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "loss" in r]
