@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import missing
 
 from pretrain.manifest import Manifest
 
@@ -27,9 +27,7 @@ BUDGET_S = 120  # each takes under a minute on 2 free cores (01, reusing all 43 
 
 
 def _needs(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} on CI (the dev extra has papermill and ipykernel)")
-    pytest.skip(reason)
+    missing(reason, "the dev extra has papermill and ipykernel")
 
 
 def _papermill() -> Any:

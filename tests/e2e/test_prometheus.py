@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from needs import missing
 from synthetic import write_synthetic_run
 
 from pretrain.observe import pushgateway
@@ -29,10 +30,8 @@ PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pus
 SCRAPE = "250ms"
 
 
-def _needs(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} on CI (.ci/run installs Debian's prometheus and prometheus-pushgateway)")
-    pytest.skip(reason)
+def _needs(reason: str) -> None:
+    missing(reason, ".ci/run installs Debian's prometheus and prometheus-pushgateway")
 
 
 def free_port() -> int:
