@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pretrain import storage
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SOURCES = ("stdlib", "pydoc")
+BUILTIN_SOURCES = ("stdlib", "pydoc", "shapes")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -35,7 +35,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-SOURCE_FORMATS = ("warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf")
+SOURCE_FORMATS = ("warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf", "images", "webdataset")
+IMAGE_FORMATS = ("images", "webdataset")  # always image samples; jsonl/parquet/hf when image_field is set
 
 
 class SourceConfig(_Strict):
@@ -46,7 +47,7 @@ class SourceConfig(_Strict):
     """
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-    format: Literal["warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf"]
+    format: Literal["warc", "wet", "wikipedia", "code", "jsonl", "parquet", "hf", "images", "webdataset"]
     uri: str
     include: list[str] = Field(default_factory=lambda: ["**/*"])
     exclude: list[str] = Field(default_factory=list)
@@ -56,6 +57,7 @@ class SourceConfig(_Strict):
     max_document_bytes: PositiveInt = 1_000_000  # larger documents are skipped and counted (too_large)
     license: str = ""  # SPDX id; code: detected from the repository's LICENSE file when empty
     builtin_pages: PositiveInt = 120  # pydoc pages packed into the builtin WARC
+    builtin_images: PositiveInt = 2048  # shapes: rendered images (with captions and labels) generated
     # warc: HTML -> text
     extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
     main_content: bool = True  # keep the main text only (no menus, footers, sidebars, cookie banners, ads)
@@ -70,6 +72,12 @@ class SourceConfig(_Strict):
     date_field: str | None = None
     meta_fields: list[str] = Field(default_factory=list)
     split: str = "train"  # hf: the split of a DatasetDict saved with save_to_disk
+    # jsonl / parquet / hf: a field holding an image (bytes, or a path relative to the file's folder, or a URL);
+    # set, the source yields image samples and ``text_field`` holds the caption (may be missing: no caption)
+    image_field: str | None = None
+    # a class label for the linear probe: jsonl/parquet/hf: this field; images: the sub-folder name when
+    # "folder"; webdataset: the ``.cls`` member when "cls". None: no label
+    label_field: str | None = None
     # filter: the rule profile; auto = by format (warc/wet -> web, code -> code, others -> prose)
     filter_profile: Literal["auto", "web", "prose", "code"] = "auto"
 
@@ -81,8 +89,15 @@ class SourceConfig(_Strict):
         return self
 
     @property
+    def has_images(self) -> bool:
+        """This source yields image samples (image + optional caption), not text documents."""
+        return self.format in IMAGE_FORMATS or self.uri == BUILTIN_PREFIX + "shapes" or self.image_field is not None
+
+    @property
     def profile(self) -> str:
         """The filter profile this source's documents go through (auto: by format)."""
+        if self.has_images:
+            return "caption"
         if self.filter_profile != "auto":
             return self.filter_profile
         return PROFILE_BY_FORMAT.get(self.format, "prose")
@@ -297,10 +312,31 @@ class CodeProfile(_Strict):
     pii: PiiSettings = Field(default_factory=PiiSettings)
 
 
+class CaptionProfile(_Strict):
+    """The text rules an image's caption goes through (a caption is short: the document rules do not apply).
+
+    An empty caption passes (``min_words`` counts only captions that exist); image-text training drops samples
+    without one later, when it splits (counted as ``no_caption``)."""
+
+    min_words: NonNegative = 1
+    max_words: PositiveInt = 200
+    gibberish: GibberishSettings = Field(default_factory=GibberishSettings)
+    toxic: ToxicSettings = Field(default_factory=ToxicSettings)
+    pii: PiiSettings = Field(default_factory=PiiSettings)
+
+
+class ImageFilterSettings(RuleSettings):
+    """Rules on the image itself, judged on its original (decoded) size: too small, or too elongated."""
+
+    min_size: PositiveInt | None = 32  # the shorter side, pixels
+    max_aspect: Annotated[float, Field(ge=1.0)] | None = 4.0  # long side / short side
+
+
 class ProfilesConfig(_Strict):
     web: WebProfile = Field(default_factory=lambda: WebProfile.model_validate({}))
     prose: ProseProfile = Field(default_factory=lambda: ProseProfile.model_validate({}))
     code: CodeProfile = Field(default_factory=CodeProfile)
+    caption: CaptionProfile = Field(default_factory=CaptionProfile)
 
 
 class FilterConfig(_Strict):
@@ -314,6 +350,7 @@ class FilterConfig(_Strict):
     max_chars: PositiveInt = 500_000
     min_words: NonNegative = 20  # words of spaced scripts; CJK/Thai characters count one each
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    images: ImageFilterSettings = Field(default_factory=ImageFilterSettings)  # image samples only
 
     @model_validator(mode="after")
     def _range(self) -> FilterConfig:
@@ -342,6 +379,10 @@ class DedupConfig(_Strict):
     and keeps its range) when that does not fit a worker.
     ``representative``: which copy of a cluster stays: ``longest`` (most characters, ties: earliest) or
     ``earliest`` (first in run order: sources by name, partitions by key, rows in shard order).
+    Image samples: exact copies share the hash of their decoded pixels; near copies are found by 64-bit pHash
+    split into ``image_distance + 1`` bands (any pair within the distance shares one) and always verified by
+    Hamming distance (``verify`` does not apply); ``longest`` keeps the largest original image. pHash sees
+    grey levels only: two pictures differing only in colour count as near copies.
     """
 
     exact: bool = True
@@ -356,6 +397,9 @@ class DedupConfig(_Strict):
     band_shards: Annotated[int, Field(ge=1, le=4096)] = 1
     representative: Literal["longest", "earliest"] = "longest"
     seed: Annotated[int, Field(ge=0, lt=1 << 32)] = 1
+    # image samples: exact = the same decoded pixels (a hash of them, so re-encodings of one picture match);
+    # fuzzy = 64-bit perceptual hashes (imagehash's pHash) at most this many bits apart
+    image_distance: Annotated[int, Field(ge=0, le=32)] = 4
 
     @model_validator(mode="after")
     def _bands_fit(self) -> DedupConfig:
@@ -405,7 +449,8 @@ class ModelConfig(_Strict):
     explicitly override it. With ``init_from`` the shape comes from that model folder instead."""
 
     preset: Literal["tiny", "20m", "125m", "350m", "1b", "8b"] | None = None
-    architecture: Literal["auto", "llama", "bert", "modernbert"] = "auto"  # auto: llama, modernbert for masked_lm
+    # auto: llama (causal_lm), modernbert (masked_lm), vit (image_contrastive), clip (image_text_contrastive)
+    architecture: Literal["auto", "llama", "bert", "modernbert", "vit", "clip"] = "auto"
     hidden_size: PositiveInt = 256
     num_layers: PositiveInt = 4
     num_heads: PositiveInt = 4
@@ -420,9 +465,15 @@ class ModelConfig(_Strict):
     # without it the quickstart shape ends 0.29 nats worse)
     qk_norm: bool | None = None
     # scaled: N(0, 0.02) everywhere, residual output projections / sqrt(2 * num_layers) (GPT-2, OLMo), so the
-    # residual stream's variance does not grow with depth; hf: the transformers class's own init
+    # residual stream's variance does not grow with depth; hf: the transformers class's own init. vit and clip always
+    # take the transformers init (CLIP's is already scaled by depth)
     init: Literal["hf", "scaled"] = "scaled"
     init_from: str | None = None  # a Hugging Face model folder (local path or s3:// URL): weights and tokenizer
+    # vit / clip: the image side (square images of image_size pixels in patches of patch_size); the width, depth and
+    # heads above serve both towers of a clip model, whose captions are at most seq_len tokens
+    image_size: Annotated[int, Field(ge=8, le=4096)] = 32
+    patch_size: Annotated[int, Field(ge=1, le=256)] = 4
+    projection_dim: PositiveInt = 128  # the embedding both contrastive objectives compare
 
     @model_validator(mode="before")
     @classmethod
@@ -441,9 +492,11 @@ class ModelConfig(_Strict):
             raise ValueError("hidden_size must be a multiple of num_heads")
         if self.num_kv_heads and self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
-        if self.qk_norm and self.architecture in ("bert", "modernbert"):
+        if self.qk_norm and self.architecture in ("bert", "modernbert", "vit", "clip"):
             raise ValueError(f"qk_norm: model.architecture {self.architecture} has no QK-norm variant in "
                              "transformers; set model.qk_norm=false (causal_lm, architecture llama, only)")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         return self
 
 
@@ -569,9 +622,41 @@ class StabilityConfig(_Strict):
     max_anomalies: PositiveInt = 20
 
 
+class AugmentConfig(_Strict):
+    """Image augmentations (plain torch, on the batch; drawn from the seed and step, so a resume is exact).
+
+    ``None`` takes the objective's default: image_contrastive uses SimCLR's strong set (crop 0.2-1, flip,
+    colour jitter 0.4 at p 0.8, grey at p 0.2, blur at p 0.5); image_text_contrastive only crops gently
+    (0.8-1), as captions may name colours and sides that a flip or a jitter would make false."""
+
+    crop_scale: tuple[Fraction, Fraction] | None = None  # random resized crop: the area kept, min and max
+    flip: bool | None = None  # horizontal flip at p 0.5
+    color_jitter: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # strength; 0: off
+    grayscale: Fraction | None = None  # probability
+    blur: Fraction | None = None  # Gaussian blur probability
+
+    @model_validator(mode="after")
+    def _scale(self) -> AugmentConfig:
+        if self.crop_scale is not None and not 0.0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"crop_scale: need 0 < min <= max, got {self.crop_scale}")
+        return self
+
+
+TEXT_OBJECTIVES = ("causal_lm", "masked_lm")
+IMAGE_OBJECTIVES = ("image_contrastive", "image_text_contrastive")
+# The model architectures each objective trains; the first is what ``model.architecture: auto`` picks.
+ARCHITECTURES = {"causal_lm": ("llama",), "masked_lm": ("modernbert", "bert"), "image_contrastive": ("vit",),
+                 "image_text_contrastive": ("clip",)}
+
+
 class TrainConfig(_Strict):
-    objective: Literal["causal_lm", "masked_lm"] = "causal_lm"
+    # causal_lm / masked_lm on text; image_contrastive (SimCLR: two augmented views, NT-Xent, on a ViT) and
+    # image_text_contrastive (CLIP: symmetric InfoNCE, learnable temperature, on CLIPModel) on image samples
+    objective: Literal["causal_lm", "masked_lm", "image_contrastive", "image_text_contrastive"] = "causal_lm"
     mask_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15  # masked_lm: 80% [MASK], 10% random, 10% kept
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1  # image_contrastive's NT-Xent (CLIP learns its own)
+    gather_negatives: bool = True  # contrastive: every rank's batch serves as negatives (all-gather with gradient)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     max_steps: PositiveInt = 200
     document_masking: bool = False  # attention stays within each document of a packed window
     verify_tokens: bool = True  # each rank checks its share of the token shards' checksums before training
@@ -662,6 +747,22 @@ class EvaluateConfig(_Strict):
     task_items: PositiveInt = 500  # items per task of the run's own set at most
     prompts: list[str] = Field(default_factory=lambda: ["def ", "import ", "The "])
     max_new_tokens: PositiveInt = 40
+    # image objectives: zero-shot retrieval among pools of this many held-out samples with distinct captions
+    # (recall@1/5, image->text and text->image), and a linear probe on frozen features (samples with a label)
+    retrieval_pool: Annotated[int, Field(ge=2)] = 100
+    probe: bool = True
+
+
+class ImagesConfig(_Strict):
+    """How ingest turns an input image into a sample's stored image: decoded with Pillow, checked, resized so its
+    shorter side is ``size`` (never enlarged), and re-encoded. Inputs larger than ``max_pixels`` (decompression
+    bombs) or ``max_bytes`` are skipped and counted without being decoded."""
+
+    size: Annotated[int, Field(ge=8, le=4096)] = 64
+    encoding: Literal["png", "jpeg", "webp"] = "png"
+    quality: Annotated[int, Field(ge=1, le=100)] = 90  # jpeg / webp
+    max_pixels: PositiveInt = 64_000_000
+    max_bytes: PositiveInt = 64 << 20
 
 
 class PipelineConfig(_Strict):
@@ -696,6 +797,7 @@ class Recipe(_Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -716,28 +818,49 @@ class Recipe(_Strict):
             raise ValueError(f"mixture.weights: no weight for source(s) {unweighted} (0 leaves a source out)")
         if self.mixture.weights and not any(self.mixture.weights.values()):
             raise ValueError("mixture.weights: every weight is 0")
-        encoder = self.model.architecture in ("bert", "modernbert")
         self._check_options()  # before auto resolves: qk_norm with masked_lm names the objective, not modernbert
+        objective = self.train.objective
         if self.model.architecture == "auto":
-            self.model.architecture = "modernbert" if self.train.objective == "masked_lm" else "llama"
-        elif encoder != (self.train.objective == "masked_lm") and not self.model.init_from:
+            self.model.architecture = ARCHITECTURES[objective][0]
+        elif self.model.architecture not in ARCHITECTURES[objective] and not self.model.init_from:
             raise ValueError(f"model.architecture {self.model.architecture} cannot train train.objective "
-                             f"{self.train.objective}: causal_lm takes llama, masked_lm bert or modernbert")
+                             f"{objective}: " + ", ".join(f"{o} takes {' or '.join(a)}"
+                                                          for o, a in ARCHITECTURES.items()))
+        self._check_modality()
         if self.model.qk_norm is None:
             self.model.qk_norm = self.model.architecture == "llama" and not self.model.init_from
-        if self.train.objective == "masked_lm":
+        if objective != "causal_lm":
             # Encoders default to AdamW + cosine: at the quickstart shape (0.82M tokens, bench/quality.py
-            # --objective masked_lm) Muon + WSD led early but ended 5.70 against AdamW + cosine's 5.59
+            # --objective masked_lm) Muon + WSD led early but ended 5.70 against AdamW + cosine's 5.59.
+            # Vision towers too (Muon was not measured on them), at ViT's usual 1e-3.
             given = self.train.model_fields_set
             if "optimizer" not in given:
                 self.train.optimizer = "adamw"
             if "schedule" not in given:
                 self.train.schedule = "cosine"
+            if objective in IMAGE_OBJECTIVES and "lr" not in given:
+                self.train.lr = 1e-3
         self._check_cluster()
         if self.model.init_from and self.tokenizer.path and self.tokenizer.path != self.model.init_from:
             raise ValueError(f"tokenizer.path ({self.tokenizer.path}) differs from model.init_from "
                              f"({self.model.init_from}): continued pre-training uses the model's own tokenizer")
         return self
+
+    @property
+    def modality(self) -> str:
+        """What the run trains on, from its objective: ``text``, ``image`` (SimCLR) or ``image_text`` (CLIP)."""
+        return {"image_contrastive": "image", "image_text_contrastive": "image_text"}.get(self.train.objective, "text")
+
+    def _check_modality(self) -> None:
+        """Every source feeds the objective: image samples for the image objectives, text documents for the rest."""
+        images = self.modality != "text"
+        for i, src in enumerate(self.sources):
+            if src.has_images != images:
+                kind = "image samples" if src.has_images else "text documents"
+                want = ("image samples (format images or webdataset, builtin:shapes, or image_field)" if images
+                        else "text documents")
+                raise ValueError(f"sources[{i}] ({src.name}) yields {kind}, but train.objective {self.train.objective}"
+                                 f" trains on {want}")
 
     def _check_options(self) -> None:
         """Model and training options that cannot work together (each message names the keys).

@@ -89,3 +89,41 @@ def test_fingerprint_is_stable_and_sensitive():
     b = load_recipe("tiny", ["filter.min_chars=1"])
     assert fingerprint(a.filter.model_dump()) == fingerprint(load_recipe("tiny").filter.model_dump())
     assert fingerprint(a.filter.model_dump()) != fingerprint(b.filter.model_dump())
+
+
+def _image_recipe(**train):
+    return {"name": "pics", "sources": [{"name": "shapes", "format": "images", "uri": "builtin:shapes"}],
+            "train": {"objective": "image_text_contrastive", **train}}
+
+
+def test_image_objectives_pick_their_model_and_defaults():
+    clip = validate(_image_recipe())
+    assert (clip.modality, clip.model.architecture, clip.model.qk_norm) == ("image_text", "clip", False)
+    assert (clip.train.optimizer, clip.train.schedule, clip.train.lr) == ("adamw", "cosine", 1e-3)
+    assert clip.sources[0].has_images and clip.sources[0].profile == "caption"
+    vit = validate(_image_recipe(objective="image_contrastive", lr=3e-4, optimizer="muon"))
+    assert (vit.modality, vit.model.architecture) == ("image", "vit")
+    assert (vit.train.lr, vit.train.optimizer) == (3e-4, "muon")  # given values are kept
+    tables = validate({"name": "t", "train": {"objective": "image_text_contrastive"},
+                       "sources": [{"name": "pairs", "format": "parquet", "uri": "/x", "image_field": "jpg"}]})
+    assert tables.sources[0].has_images
+    assert validate({"name": "t", "sources": [{"name": "a", "format": "jsonl", "uri": "/x"}]}).modality == "text"
+
+
+@pytest.mark.parametrize(("tree", "words"), [
+    # a text source under an image objective, and an image source under a text one
+    ({"sources": [{"name": "docs", "format": "jsonl", "uri": "/x"}]}, ["sources[0] (docs)", "image samples"]),
+    ({"train": {"objective": "causal_lm"}}, ["sources[0] (shapes)", "causal_lm"]),
+    ({"model": {"architecture": "llama"}}, ["model.architecture llama", "image_text_contrastive takes clip"]),
+    ({"model": {"image_size": 30, "patch_size": 4}}, ["image_size (30)", "patch_size (4)"]),
+    ({"model": {"qk_norm": True}}, ["qk_norm", "clip"]),
+    ({"train": {"objective": "image_contrastive", "augment": {"crop_scale": [0.9, 0.2]}}}, ["crop_scale"]),
+])
+def test_image_recipes_that_cannot_work_fail_naming_the_key(tree, words):
+    base = _image_recipe()
+    for section, value in tree.items():
+        base[section] = {**base.get(section, {}), **value} if isinstance(value, dict) else value
+    with pytest.raises(RecipeError) as err:
+        validate(base)
+    for word in words:
+        assert word in str(err.value)

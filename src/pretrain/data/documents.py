@@ -37,6 +37,13 @@ SCHEMA = pa.schema([
 ])
 # Dropped documents: the rule that dropped them (``reason``) and the value that tripped it (``value``).
 DROPPED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("value", pa.string()))
+# Image samples (image sources): a document whose ``text`` is the caption ("" when none), plus the stored image
+# (decoded, resized so the shorter side is ``images.size``, re-encoded), its original size (the filter judges
+# it), a class label ("" when none), the exact-duplicate key (xxh3-128 of the decoded pixels and size) and the
+# 64-bit perceptual hash (imagehash.phash as a signed int64 bit pattern) for near-duplicates.
+SAMPLE_SCHEMA = pa.schema([*SCHEMA, ("image", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
+                           ("label", pa.string()), ("image_hash", pa.string()), ("phash", pa.int64())])
+DROPPED_SAMPLE_SCHEMA = SAMPLE_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("value", pa.string()))
 BATCH_ROWS = 1024
 
 
