@@ -1,9 +1,10 @@
 """Plan: list each source's inputs once and split them into partitions, one ``ingest`` task each.
 
-Built-in sources are materialized here (the pydoc WARC files), so every later step reads ordinary
-files. Each reader decides how its files split (whole files, byte ranges at record boundaries, row
-groups, streams, repository buckets). Partitions are keyed by file and range, never re-balanced:
-adding a file adds partitions and leaves the others, and their finished shards, as they were.
+Built-in sources are materialized here (the pydoc WARC files, the rendered shapes), so every later
+step reads ordinary files. Each reader decides how its files split (whole files, byte ranges at
+record boundaries, row groups, streams, repository or image-folder buckets). Partitions are keyed
+by file and range, never re-balanced: adding a file adds partitions and leaves the others, and
+their finished shards, as they were.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def source_location(recipe: Recipe, src: SourceConfig) -> str:
     """Where a source's files are: its URI, or the folder a built-in source is built into."""
     if src.uri == BUILTIN_PREFIX + "stdlib":
         return corpus.stdlib_dir()
-    if src.uri == BUILTIN_PREFIX + "pydoc":
+    if src.uri in (BUILTIN_PREFIX + "pydoc", BUILTIN_PREFIX + "shapes"):
         return recipe.url("corpus", src.name)
     return src.uri
 
@@ -33,6 +34,10 @@ def plan_source(recipe: Recipe, src: SourceConfig) -> list[Partition]:
     location = source_location(recipe, src)
     if src.uri == BUILTIN_PREFIX + "pydoc":
         corpus.write_pydoc_warcs(location, pages=src.builtin_pages, parts=src.partitions)
+    elif src.uri == BUILTIN_PREFIX + "shapes":
+        from pretrain.data.samples import shapes
+
+        shapes.write_builtin(location, src.builtin_images)
     parts = reader(src.format).plan(src, location)
     if src.max_documents and parts and src.format != "code":  # code limits the files it lists
         limit = math.ceil(src.max_documents / len(parts))

@@ -1,7 +1,9 @@
 """Readers: one module per source format, each with ``plan`` (optional) and ``read``.
 
-See ``base`` for the contract. Modules are imported only when their format is used, so a source
-format's heavy dependencies (mwparserfromhell, datasets, ...) load only where they are needed.
+See ``base`` for the contract. Readers of image samples (``images``, ``webdataset``, and ``tables``
+with an ``image_field``) also take ``images=`` (the recipe's ``ImagesConfig``) in ``read``.
+Modules are imported only when their format is used, so a source format's heavy dependencies
+(mwparserfromhell, datasets, ...) load only where they are needed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from types import ModuleType
 
 MODULES = {
     "warc": "warc", "wet": "warc", "wikipedia": "wikipedia", "code": "code",
-    "jsonl": "tables", "parquet": "tables", "hf": "tables",
+    "jsonl": "tables", "parquet": "tables", "hf": "tables", "images": "images", "webdataset": "webdataset",
 }
 
 

@@ -10,6 +10,8 @@ A reader is a module with two functions:
 The ledger every reader keeps: ``stats.records == documents written + sum(stats.skipped.values())``.
 A record is anything that could have become a document (a WARC response, a wiki page, a file, a
 JSONL line, a table row). Whole-file problems (empty, unreadable) go to ``stats.files_skipped``.
+Image sources yield sample rows (:func:`sample`, :func:`image_sample`) instead: there a record is
+an image file, a WebDataset key, or a table row.
 """
 
 from __future__ import annotations
@@ -146,6 +148,35 @@ def document(src, *, source_id: str, text: str, url: str = "", date: str = "", l
         "url": url, "date": date, "license": src.license if license is None else license,
         "meta": _meta_json(meta),
     }
+
+
+def sample(src, *, source_id: str, caption: str, decoded, url: str = "", date: str = "", label: str = "",
+           license: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row of the samples schema (``pretrain.data.documents.SAMPLE_SCHEMA``) from a decoded image
+    (``pretrain.data.images.Decoded``); the id comes from the source, ``source_id`` and the image hash."""
+    return {
+        "id": document_id(src.name, source_id, decoded.image_hash), "text": caption, "source": src.name,
+        "source_id": source_id, "url": url, "date": date, "license": src.license if license is None else license,
+        "meta": _meta_json(meta), "image": decoded.image, "width": decoded.width, "height": decoded.height,
+        "label": label, "image_hash": decoded.image_hash, "phash": decoded.phash,
+    }
+
+
+def image_sample(src, images, stats: ReadStats, data: bytes, *, source_id: str, caption: str, url: str,
+                 where: str, offset: int | None = None, **fields: Any) -> dict[str, Any] | None:
+    """Decode ``data`` into a sample row, or count the record as skipped with the decoder's reason (None).
+
+    ``images`` is the recipe's ``ImagesConfig``; ``where`` the file the error samples name; ``fields`` go
+    to :func:`sample` (date, label, license, meta). The caller has counted the record and its bytes.
+    """
+    from pretrain.data.images import ImageSkip, decode
+
+    try:
+        decoded = decode(data, images)
+    except ImageSkip as skip:
+        stats.skip(skip.reason, url=where, offset=offset, detail=f"{source_id}: {skip.detail}")
+        return None
+    return sample(src, source_id=source_id, caption=caption, decoded=decoded, url=url, **fields)
 
 
 def decode_utf8(data: bytes, stats: ReadStats) -> str:

@@ -5,6 +5,11 @@ and friends). JSONL is read as binary lines parsed by ``orjson`` (the standard l
 orjson refuses: invalid UTF-8, lone surrogates), so a bad line costs one record, never the file.
 Parquet and Arrow are read in record batches of the projected columns only. Large uncompressed
 JSONL files split into byte ranges, Parquet files into row-group ranges, so one big file fans out.
+
+With ``src.image_field`` set, rows become image samples (``base.sample``): the field holds the image's
+bytes, a dict with ``bytes`` or ``path`` (``datasets``' Image feature), or a path (relative to the
+table file's folder, absolute, or an s3:// URL); ``text_field`` is the caption (missing: ""), and
+``label_field`` the class label. A row without a readable image is skipped as ``no_image``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import functools
 import io
 import json
 import lzma
+import os
 import posixpath
 import re
 import zlib
@@ -28,7 +34,7 @@ import pyarrow.compute as pc
 from pretrain import storage
 from pretrain.data.files import list_files
 from pretrain.data.readers import streams
-from pretrain.data.readers.base import InputError, Partition, ReadStats, document, scrub_surrogates
+from pretrain.data.readers.base import InputError, Partition, ReadStats, document, image_sample, scrub_surrogates
 
 READ_BUFFER = 1 << 20  # bytes buffered per JSONL read call
 DISCARD_CHUNK = 1 << 16  # an over-long line is read past in pieces of this size
@@ -50,6 +56,10 @@ def plan(src, location: str) -> list[Partition]:
     if src.format == "hf":
         return _plan_hf(src, location)
     files = list_files(location, src.include, src.exclude)
+    if src.image_field:  # the images a table points to often sit beside it: they are not tables
+        from pretrain.data.images import IMAGE_SUFFIXES
+
+        files = [(url, rel) for url, rel in files if not rel.lower().endswith(IMAGE_SUFFIXES)]
     if src.format == "parquet":
         return [p for url, rel in files for p in _plan_parquet(src, url, rel)]
     return [p for url, rel in files for p in _plan_jsonl(src, url, rel)]
@@ -121,17 +131,25 @@ def _data_kind(name: str) -> str | None:
 
 # -- read ---------------------------------------------------------------------------------------
 
-def read(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """The partition's documents, by the source's format (and for ``hf`` data files, by suffix)."""
+def read(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
+    """The partition's documents, by the source's format (and for ``hf`` data files, by suffix).
+
+    With ``src.image_field``: sample rows, made as ``images`` (the recipe's ``ImagesConfig``) says."""
+    if src.image_field and images is None:
+        from pretrain.config import ImagesConfig
+
+        images = ImagesConfig()
+    if not src.image_field:
+        images = None
     kind = src.format if src.format != "hf" else (_data_kind(part.rel) or "arrow")
     if kind == "jsonl":
-        yield from read_jsonl(src, part, stats)
+        yield from read_jsonl(src, part, stats, images)
     elif kind == "parquet":
-        yield from read_parquet(src, part, stats)
+        yield from read_parquet(src, part, stats, images)
     elif kind == "csv":
-        yield from read_csv(src, part, stats)
+        yield from read_csv(src, part, stats, images)
     else:
-        yield from read_arrow(src, part, stats)
+        yield from read_arrow(src, part, stats, images)
 
 
 # -- JSON Lines ---------------------------------------------------------------------------------
@@ -148,7 +166,7 @@ def _codec_errors(kind: str | None) -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def read_jsonl(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def read_jsonl(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     """Every line that starts inside the partition's range, parsed; bad lines are counted and skipped."""
     kind = streams.codec(part.url)
     ranged = part.unit == "bytes" and kind is None
@@ -179,7 +197,7 @@ def read_jsonl(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any
                                detail=f"line {offset=} longer than {line_limit} bytes")
                     continue
                 label = f"{part.rel}:@{offset}" if ranged else f"{part.rel}:{lineno}"
-                row = _jsonl_row(src, part, line, offset, label, stats)
+                row = _jsonl_row(src, part, line, offset, label, stats, images)
                 if row is not None:
                     yield row
         except damaged as err:
@@ -213,7 +231,7 @@ def _discard_line(f: IO[bytes], head: bytes) -> int:
 
 
 def _jsonl_row(src, part: Partition, line: bytes, offset: int, label: str,
-               stats: ReadStats) -> dict[str, Any] | None:
+               stats: ReadStats, images=None) -> dict[str, Any] | None:
     """One line as a document row, or None when it is counted as skipped (blank lines are no record)."""
     if offset == 0 and line.startswith(BOM):
         line = line[len(BOM):]
@@ -229,6 +247,13 @@ def _jsonl_row(src, part: Partition, line: bytes, offset: int, label: str,
     if not isinstance(obj, dict):
         stats.skip("not_object", url=part.url, offset=offset, detail=f"a JSON {type(obj).__name__}")
         return None
+    if images is not None:
+        return _sample_row(src, part, images, stats, image=obj.get(src.image_field), caption=obj.get(src.text_field),
+                           label=obj.get(src.label_field) if src.label_field else None,
+                           ident=obj.get(src.id_field) if src.id_field else None,
+                           url=obj.get(src.url_field) if src.url_field else None,
+                           date=obj.get(src.date_field) if src.date_field else None,
+                           meta={k: obj[k] for k in src.meta_fields if k in obj}, where=label, offset=offset)
     return _row(src, part, obj, label, offset, stats)
 
 
@@ -368,12 +393,17 @@ def _iso_string(value: str) -> str:
 def _columns(src) -> list[str]:
     """The fields a table read needs: nothing else is decoded."""
     names = [src.text_field, src.id_field, src.url_field, src.date_field, *src.meta_fields]
+    if src.image_field:
+        names += [src.image_field, src.label_field]
     return list(dict.fromkeys(n for n in names if n))
 
 
 def _batch_rows(src, part: Partition, batch: pa.RecordBatch, first_row: int,
-                stats: ReadStats) -> Iterator[dict[str, Any]]:
+                stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     """Rows of one record batch; the columns are converted to Python lists once per batch."""
+    if images is not None:
+        yield from _batch_samples(src, part, batch, first_row, stats, images)
+        return
     n = batch.num_rows
     names = set(batch.schema.names)
     texts, sizes = _text_column(batch, src.text_field, stats) if src.text_field in names else ([None] * n, None)
@@ -402,6 +432,71 @@ def _batch_rows(src, part: Partition, batch: pa.RecordBatch, first_row: int,
             src, source_id=f"{part.rel}:{row}" if ident is None else _str(ident), text=text,
             url=_str(url) if url else part.url, date=iso_date(dates[i]) if dates else "",
             meta={k: _jsonable(v[i]) for k, v in metas.items() if v[i] is not None})
+
+
+def _batch_samples(src, part: Partition, batch: pa.RecordBatch, first_row: int, stats: ReadStats,
+                   images) -> Iterator[dict[str, Any]]:
+    """Sample rows of one record batch: one record per row."""
+    n = batch.num_rows
+    names = set(batch.schema.names)
+    texts = _text_column(batch, src.text_field, stats)[0] if src.text_field in names else [None] * n
+    cols = {f: _values(batch, getattr(src, f + "_field"), names) or [None] * n
+            for f in ("image", "label", "id", "url", "date")}
+    metas = {f: _values(batch, f, names) for f in src.meta_fields if f in names}
+    for i in range(n):
+        stats.record()
+        row = first_row + i
+        sample = _sample_row(src, part, images, stats, image=cols["image"][i], caption=texts[i],
+                             label=cols["label"][i], ident=cols["id"][i], url=cols["url"][i], date=cols["date"][i],
+                             meta={k: v[i] for k, v in metas.items() if v[i] is not None}, where=f"{part.rel}:{row}")
+        if sample is not None:
+            yield sample
+
+
+def _sample_row(src, part: Partition, images, stats: ReadStats, *, image: Any, caption: Any, label: Any, ident: Any,
+                url: Any, date: Any, meta: dict[str, Any], where: str,
+                offset: int | None = None) -> dict[str, Any] | None:
+    """A row's image decoded into a sample, or None (counted: ``no_image`` or the decoder's reason).
+
+    The caller has counted the record."""
+    data, image_url, problem = _image_bytes(image, part.url, images.max_bytes)
+    if data is None:
+        stats.skip("no_image", url=part.url, offset=offset, detail=f"{where}: {problem}")
+        return None
+    if image_url:
+        stats.bytes_read += len(data)
+    return image_sample(
+        src, images, stats, data, source_id=where if ident is None else _str(ident),
+        caption=caption.strip() if isinstance(caption, str) else "", url=_str(url) if url else (image_url or part.url),
+        where=part.url, offset=offset, label="" if label is None else _str(label),
+        date=iso_date(date) if date is not None else "", meta={k: _jsonable(v) for k, v in meta.items()})
+
+
+def _image_bytes(value: Any, table_url: str, max_bytes: int) -> tuple[bytes | None, str, str]:
+    """(the image's bytes, the URL they came from or "", what is wrong when there are none).
+
+    A path is read up to ``max_bytes + 1`` bytes: enough for the decoder to refuse it as too large."""
+    if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), "", ""  # zero bytes: the decoder counts it (empty_image)
+    if not isinstance(value, str) or not value.strip():
+        return None, "", f"field {'missing' if value is None else type(value).__name__}"
+    url = value if storage.is_remote(value) or posixpath.isabs(value) else storage.join(_folder(table_url), value)
+    fs, path = storage.filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read(max_bytes + 1), url, ""
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None, url, f"{value}: file not found"
+    except OSError as err:
+        if isinstance(err, _NETWORK_ERRORS):
+            raise InputError(url, None, f"{type(err).__name__}: {err}") from err
+        return None, url, f"{value}: {type(err).__name__}: {err}"
+
+
+def _folder(url: str) -> str:
+    return url.rsplit("/", 1)[0] if storage.is_remote(url) else os.path.dirname(url)
 
 
 def _text_column(batch: pa.RecordBatch, field: str, stats: ReadStats) -> tuple[list[Any], list[int]]:
@@ -444,7 +539,7 @@ def _corrupt(err: BaseException) -> bool:
     return isinstance(err, pa.ArrowException | OSError | ValueError) and not isinstance(err, _NETWORK_ERRORS)
 
 
-def read_parquet(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def read_parquet(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     """Row groups of the partition, streamed in batches of the projected columns."""
     import pyarrow.parquet as pq
 
@@ -464,13 +559,13 @@ def read_parquet(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, A
                 raise
             stats.skip_file("corrupt", url=url, offset=None, detail=f"not a readable Parquet file: {err}")
             return
-        yield from _parquet_rows(src, part, pf, stats)
+        yield from _parquet_rows(src, part, pf, stats, images)
     finally:
         if not local:
             source.close()
 
 
-def _parquet_rows(src, part: Partition, pf: Any, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _parquet_rows(src, part: Partition, pf: Any, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     meta = pf.metadata
     groups = range(meta.num_row_groups)
     if part.unit == "row_groups":
@@ -478,18 +573,19 @@ def _parquet_rows(src, part: Partition, pf: Any, stats: ReadStats) -> Iterator[d
     first_row = sum(meta.row_group(i).num_rows for i in range(groups.start))
     names = set(pf.schema_arrow.names)
     columns = [c for c in _columns(src) if c in names]
+    needed = src.image_field if images is not None else src.text_field
     for g in groups:
         rg = meta.row_group(g)
         stats.bytes_read += _compressed_size(rg)
-        if src.text_field not in names:  # nothing to decode: every row lacks the text
-            yield from _batch_rows(src, part, pa.record_batch({"_": pa.nulls(rg.num_rows)}), first_row, stats)
+        if needed not in names:  # nothing to decode: every row lacks the text (the image)
+            yield from _batch_rows(src, part, pa.record_batch({"_": pa.nulls(rg.num_rows)}), first_row, stats, images)
             first_row += rg.num_rows
             continue
         rows_per_batch = max(1, min(8192, BATCH_BYTES * max(rg.num_rows, 1) // max(rg.total_byte_size, 1)))
         try:
             for batch in pf.iter_batches(batch_size=rows_per_batch, row_groups=[g], columns=columns,
                                          use_threads=False):
-                yield from _batch_rows(src, part, batch, first_row, stats)
+                yield from _batch_rows(src, part, batch, first_row, stats, images)
                 first_row += batch.num_rows
         except Exception as err:
             if not _corrupt(err):
@@ -499,7 +595,7 @@ def _parquet_rows(src, part: Partition, pf: Any, stats: ReadStats) -> Iterator[d
             return
 
 
-def read_arrow(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def read_arrow(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     """An Arrow file of a ``save_to_disk`` folder: memory-mapped locally, streamed from S3, batch by batch."""
     url = part.url
     local = not storage.is_remote(url)
@@ -514,7 +610,7 @@ def read_arrow(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any
                 raise
             stats.skip_file("corrupt", url=url, detail=f"not a readable Arrow file: {err}")
             return
-        yield from _arrow_rows(src, part, reader, stats)
+        yield from _arrow_rows(src, part, reader, stats, images)
     finally:
         source.close()
 
@@ -531,7 +627,8 @@ def _open_ipc(source: Any) -> Iterable[pa.RecordBatch]:
         return (f.get_batch(i) for i in range(f.num_record_batches))
 
 
-def _arrow_rows(src, part: Partition, batches: Iterable[pa.RecordBatch], stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _arrow_rows(src, part: Partition, batches: Iterable[pa.RecordBatch], stats: ReadStats,
+                images=None) -> Iterator[dict[str, Any]]:
     wanted = set(_columns(src))
     first_row = 0
     it = iter(batches)
@@ -547,11 +644,11 @@ def _arrow_rows(src, part: Partition, batches: Iterable[pa.RecordBatch], stats: 
             return
         stats.bytes_read += batch.nbytes
         keep = [n for n in batch.schema.names if n in wanted]
-        yield from _batch_rows(src, part, batch.select(keep), first_row, stats)
+        yield from _batch_rows(src, part, batch.select(keep), first_row, stats, images)
         first_row += batch.num_rows
 
 
-def read_csv(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def read_csv(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[str, Any]]:
     """A CSV (or TSV) data file, streamed in blocks; the text, id and url columns stay strings."""
     import pyarrow.csv as pcsv
 
@@ -578,4 +675,4 @@ def read_csv(src, part: Partition, stats: ReadStats) -> Iterator[dict[str, Any]]
                 return
             stats.skip_file("corrupt", url=part.url, detail=str(err))
             return
-        yield from _arrow_rows(src, part, reader, stats)
+        yield from _arrow_rows(src, part, reader, stats, images)
