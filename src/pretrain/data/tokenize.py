@@ -10,6 +10,9 @@ Three stages, each a KFP task (the middle one a fan-out) and the same functions 
 - ``finish``: the per-source counts, the mixture (planned tokens and epochs per source), the validation
   check, the manifest.
 
+Image runs (``recipe.modality`` not ``text``) take the same three functions to ``pretrain.data.samples_split``:
+the samples are split into train and validation shards with their captions encoded, under the same URL.
+
 The fingerprint covers the tokenizer settings (and the loaded tokenizer's content), the documents, the split,
 the mixture and ``model.seq_len`` (the saved tokenizer's maximum length).
 
@@ -27,7 +30,7 @@ import functools
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +44,9 @@ from pretrain.data.mixture import plan_mixture
 from pretrain.data.pool import Pool
 from pretrain.data.readers.base import InputError
 from pretrain.manifest import Manifest, Shard, merge_stats, reuse
+
+if TYPE_CHECKING:
+    from pretrain.data.samples_split import SamplePlan
 
 PLAN_NAME = "plan.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -78,6 +84,10 @@ def is_validation(doc_id: str, val_fraction: float, seed: int) -> bool:
 
 
 def step_fingerprint(recipe: Recipe, documents: Manifest) -> str:
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.step_fingerprint(recipe, documents)
     from pretrain.data.tokenizer.load import tokenizer_hash, tokenizer_source
 
     source = tokenizer_source(recipe)
@@ -158,9 +168,13 @@ class DateStats:
 
 
 # -- stage 1: the tokenizer and the plan -----------------------------------------------------------------------
-def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> TokenPlan:
+def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> TokenPlan | SamplePlan:
     """Train or load the tokenizer, choose the encoder, save the plan (reused when made from the same inputs).
     ``fp``: the step's fingerprint when the caller has it already."""
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.prepare(recipe, documents, fp)
     from pretrain.data.tokenizer.encoder import Encoder
     from pretrain.data.tokenizer.load import (
         load_tokenizer,
@@ -201,7 +215,11 @@ def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> Token
     return plan
 
 
-def load_plan(recipe: Recipe) -> TokenPlan:
+def load_plan(recipe: Recipe) -> TokenPlan | SamplePlan:
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.load_plan(recipe)
     return TokenPlan(**json.loads(storage.read_text(storage.join(recipe.url("tokens"), PLAN_NAME))))
 
 
@@ -234,11 +252,15 @@ def _probe_texts(documents: Manifest, limit: int = 64) -> list[str]:
 
 
 # -- stage 2: one partition ------------------------------------------------------------------------------------
-def encode_partition(recipe: Recipe, plan: TokenPlan, part: int) -> Manifest:
+def encode_partition(recipe: Recipe, plan: TokenPlan | SamplePlan, part: int) -> Manifest:
     """A documents shard -> its train and validation token shards; reused when its marker is current."""
     from pretrain.data.tokenizer.encoder import Encoder
     from pretrain.tokens import TokenShardWriter
 
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.encode_partition(recipe, plan, part)
     if (done := reuse(plan.marker_url(part), plan.part_fingerprint(part))) is not None:
         return done
     info = plan.partitions[part]
@@ -288,8 +310,12 @@ def _check_schema(url: str) -> list[str]:
 
 
 # -- stage 3: the manifest -------------------------------------------------------------------------------------
-def finish(recipe: Recipe, plan: TokenPlan) -> Manifest:
+def finish(recipe: Recipe, plan: TokenPlan | SamplePlan) -> Manifest:
     """Counts per source, the mixture and the validation check over every partition; the tokens manifest."""
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.finish(recipe, plan)
     if (done := reuse(plan.root, plan.fingerprint)) is not None:
         return done
     parts = [encode_partition(recipe, plan, p) for p in range(len(plan.partitions))]  # reused: already done
@@ -340,6 +366,10 @@ def encode_one(recipe_json: str, part: int) -> dict[str, Any]:
 
 def tokenize(recipe: Recipe, documents: Manifest, workers: int | None = None) -> Manifest:
     """prepare -> encode every partition (a process pool of ``workers``, default all cores) -> finish."""
+    if recipe.modality != "text":
+        from pretrain.data import samples_split
+
+        return samples_split.split(recipe, documents, workers)
     fp = step_fingerprint(recipe, documents)
     if (done := reuse(recipe.url("tokens"), fp)) is not None:
         return done

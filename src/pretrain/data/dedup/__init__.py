@@ -5,7 +5,8 @@ Stages (each a function over one unit, idempotent by fingerprint, writing Parque
 prefix shard and per LSH band (duplicate keys, candidate pairs), ``cluster`` once (verified pairs ->
 connected components -> removals per partition; memory grows with the pairs, not the corpus),
 ``remove`` per partition (the deduplicated shard), ``finish`` (the documents manifest). KFP runs
-them as ParallelFor fan-outs; :func:`dedup` runs them in order in one process.
+them as ParallelFor fan-outs; :func:`dedup` runs them in order in one process. Image samples go through the
+same stages with exact keys from ``image_hash`` and bands cut from the 64-bit pHash (see ``images``).
 """
 
 from __future__ import annotations

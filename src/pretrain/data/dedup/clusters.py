@@ -4,10 +4,12 @@ Holds only what grows with the duplicates: the exact duplicates, the candidate p
 signatures and lengths of the documents that appear in a pair (read partition by partition, keeping
 only those rows). Exact copies are first folded onto their exact representative; pairs whose
 estimated Jaccard (over all ``num_perm`` values) is below ``threshold`` are dropped when ``verify``
-is on; components come from label propagation with pointer jumping over the pairs (vectorized
-union-find). Each component keeps one representative by the recipe's rule:
+is on (image samples: pairs whose pHashes differ in more than ``image_distance`` bits, always);
+components come from label propagation with pointer jumping over the pairs (vectorized union-find).
+Each component keeps one representative by the recipe's rule:
 
-- ``longest``: the most characters; ties go to the earliest.
+- ``longest``: the most characters (image samples: the largest original image, width * height); ties go to the
+  earliest.
 - ``earliest``: the first in run order (sources by name, partitions by key, rows in shard order).
 
 Exact groups always keep their earliest copy (identical texts are equally long).
@@ -22,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pretrain import storage
-from pretrain.data.dedup import exact, minhash, tables
+from pretrain.data.dedup import exact, images, minhash, tables
 from pretrain.data.dedup.buckets import PAIR_SCHEMA
 from pretrain.data.dedup.plan import Plan
 
@@ -67,24 +69,28 @@ def _canonical(node: np.ndarray, dup_sorted: np.ndarray, rep_of_sorted: np.ndarr
 def _load_pairs(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     if not plan.config.fuzzy:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = tables.concat([tables.read(plan.pairs_url(b, s)) for b in range(plan.config.bands)
+    pairs = tables.concat([tables.read(plan.pairs_url(b, s)) for b in range(plan.bands)
                            for s in range(plan.config.band_shards)], PAIR_SCHEMA)
     return (ids(pairs["a_part"].to_numpy(), pairs["a_row"].to_numpy()),
             ids(pairs["b_part"].to_numpy(), pairs["b_row"].to_numpy()))
 
 
 def _load_signatures(plan: Plan, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures and lengths of ``nodes`` (sorted ids), one partition file at a time."""
-    sig = np.zeros((len(nodes), plan.config.num_perm), np.uint32)
+    """Signatures (images: pHashes) and lengths (images: areas) of ``nodes`` (sorted ids), a partition at a time."""
+    column = "phash" if plan.images else "sig"
+    sig = np.zeros(len(nodes), np.int64) if plan.images else np.zeros((len(nodes), plan.config.num_perm), np.uint32)
     length = np.zeros(len(nodes), np.int64)
     part_of = nodes >> ROW_BITS
     for part in np.unique(part_of):
-        table = tables.read(plan.signatures_url(int(part)), columns=["row", "length", "sig"])
+        table = tables.read(plan.signatures_url(int(part)), columns=["row", "length", column])
         rows = table["row"].to_numpy()
         want = nodes[part_of == part] & ((1 << ROW_BITS) - 1)
         take = np.flatnonzero(np.isin(rows, want))
         at = np.searchsorted(nodes, ids(np.full(len(take), part), rows[take]))
-        sig[at] = table["sig"].combine_chunks().flatten().to_numpy().reshape(-1, plan.config.num_perm)[take]
+        if plan.images:
+            sig[at] = table["phash"].to_numpy()[take]
+        else:
+            sig[at] = table["sig"].combine_chunks().flatten().to_numpy().reshape(-1, plan.config.num_perm)[take]
         length[at] = table["length"].to_numpy()[take]
     return sig, length
 
@@ -109,10 +115,14 @@ def cluster(plan: Plan) -> dict[str, Any]:
     nodes = np.unique(pair)
     sig, length = _load_signatures(plan, nodes)
     u, v = np.searchsorted(nodes, pair[:, 0]), np.searchsorted(nodes, pair[:, 1])
-    similarity = minhash.jaccard(sig[u], sig[v])
-    if cfg.verify:
-        ok = similarity >= cfg.threshold
-        u, v, similarity = u[ok], v[ok], similarity[ok]
+    if plan.images:  # a shared pHash chunk is only a candidate: always keep the pairs within the distance
+        ok = images.hamming(sig[u], sig[v]) <= cfg.image_distance
+        u, v = u[ok], v[ok]
+    else:
+        similarity = minhash.jaccard(sig[u], sig[v])
+        if cfg.verify:
+            ok = similarity >= cfg.threshold
+            u, v, similarity = u[ok], v[ok], similarity[ok]
 
     label = components(len(nodes), u, v)
     linked = np.zeros(len(nodes), bool)

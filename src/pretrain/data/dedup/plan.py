@@ -26,6 +26,7 @@ class Plan:
     fingerprint: str
     config: DedupConfig
     filtered: list[Manifest]  # the filter manifests, in run order: sources by name, partitions by key
+    images: bool = False  # image samples: exact keys from image_hash, bands of the pHash (see ``images``)
 
     # --- layout -------------------------------------------------------------------------------
     def url(self, *parts: str) -> str:
@@ -76,26 +77,33 @@ class Plan:
     def partitions(self) -> list[int]:
         return list(range(len(self.filtered)))
 
+    @property
+    def bands(self) -> int:
+        """LSH bands: the config's for texts; ``image_distance + 1`` pHash chunks for images."""
+        return self.config.image_distance + 1 if self.images else self.config.bands
+
     def bucket_units(self) -> list[str]:
         """The bucket stage's units: ``exact:<prefix>`` per prefix shard, ``band:<b>:<s>`` per LSH band and key
         range (``band_shards`` of them)."""
         cfg = self.config
         units = [f"exact:{k}" for k in range(cfg.prefix_shards)] if cfg.exact else []
         if cfg.fuzzy:
-            units += [f"band:{b}:{s}" for b in range(cfg.bands) for s in range(cfg.band_shards)]
+            units += [f"band:{b}:{s}" for b in range(self.bands) for s in range(cfg.band_shards)]
         return units
 
     def to_json(self) -> str:
         return json.dumps({"root": self.root, "fingerprint": self.fingerprint, "config": self.config.model_dump(),
-                           "filtered": [json.loads(m.to_json()) for m in self.filtered]}, sort_keys=True)
+                           "filtered": [json.loads(m.to_json()) for m in self.filtered], "images": self.images},
+                          sort_keys=True)
 
 
 def make_plan(recipe: Recipe, filtered: list[Manifest]) -> Plan:
     """Order the filtered partitions, fingerprint them with the dedup config, and save the plan."""
     ordered = sorted(filtered, key=lambda m: (m.extra["partition"]["source"],
                                               Partition.from_dict(m.extra["partition"]).key))
-    fp = fingerprint(recipe.dedup.model_dump(), [m.fingerprint for m in ordered])
-    plan = Plan(root=recipe.url("dedup"), fingerprint=fp, config=recipe.dedup, filtered=ordered)
+    images = recipe.modality != "text"
+    fp = fingerprint(recipe.dedup.model_dump(), [m.fingerprint for m in ordered], *(["images"] if images else []))
+    plan = Plan(root=recipe.url("dedup"), fingerprint=fp, config=recipe.dedup, filtered=ordered, images=images)
     url = plan.url(PLAN_NAME)
     try:
         same = load_plan(recipe).fingerprint == fp
@@ -109,4 +117,4 @@ def make_plan(recipe: Recipe, filtered: list[Manifest]) -> Plan:
 def load_plan(recipe: Recipe) -> Plan:
     data = json.loads(storage.read_text(storage.join(recipe.url("dedup"), PLAN_NAME)))
     return Plan(root=data["root"], fingerprint=data["fingerprint"], config=DedupConfig(**data["config"]),
-                filtered=[Manifest.from_dict(m) for m in data["filtered"]])
+                filtered=[Manifest.from_dict(m) for m in data["filtered"]], images=bool(data.get("images", False)))

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pretrain import storage
-from pretrain.data.dedup import exact, minhash
+from pretrain.data.dedup import exact, images, minhash
 from pretrain.data.dedup.plan import Plan
 from pretrain.data.documents import iter_batches
 
@@ -34,10 +34,18 @@ def signature_schema(num_perm: int, bands: int) -> pa.Schema:
                      + [(band_column(b), pa.uint64()) for b in range(bands)])
 
 
+def image_signature_schema(bands: int) -> pa.Schema:
+    """Image samples: each image's row, area (``length``: the representative's rank), pHash and chunk keys."""
+    return pa.schema([("row", pa.int64()), ("length", pa.int64()), ("phash", pa.int64())]
+                     + [(band_column(b), pa.uint64()) for b in range(bands)])
+
+
 def sketch_partition(plan: Plan, part: int) -> dict[str, int]:
     """Exact keys into prefix files; signatures (documents with a shingle) and band keys into their files."""
     if (done := plan.done("sketch", part)) is not None:
         return done.stats
+    if plan.images:
+        return sketch_images(plan, part)
     cfg = plan.config
     keys, rows = [], []
     stats = {"documents": 0, "without_shingles": 0}
@@ -79,3 +87,42 @@ def sketch_partition(plan: Plan, part: int) -> dict[str, int]:
 
 def _stack(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
+
+
+def sketch_images(plan: Plan, part: int) -> dict[str, int]:
+    """Image samples: exact keys from ``image_hash``; the pHash, the area and its chunk keys as the signatures."""
+    cfg = plan.config
+    keys, rows = [], []
+    stats = {"documents": 0, "without_image_hash": 0, "without_phash": 0}
+    schema = image_signature_schema(plan.bands)
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if cfg.fuzzy:
+            tmp = stack.enter_context(storage.atomic_path(plan.signatures_url(part)))
+            writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+        offset = 0
+        for shard in plan.filtered[part].shards:
+            for batch in iter_batches(shard.url, columns=images.COLUMNS):
+                row = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+                offset += batch.num_rows
+                if cfg.exact:
+                    hashes = batch.column("image_hash")
+                    has = images.exact_rows(hashes)
+                    stats["without_image_hash"] += int((~has).sum())
+                    keys.append(exact.keys(hashes)[has])
+                    rows.append(row[has])
+                if writer is not None:  # a sample without a pHash (none: ingest computes it) has no near copies
+                    has = batch.column("phash").is_valid().to_numpy(zero_copy_only=False)
+                    stats["without_phash"] += int((~has).sum())
+                    phash = batch.column("phash").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)[has]
+                    area = images.area(batch.column("width"), batch.column("height"))[has]
+                    band = images.band_keys(phash, cfg.image_distance)
+                    columns = [pa.array(row[has]), pa.array(area), pa.array(phash)]
+                    writer.write_table(pa.Table.from_arrays(columns + list(band.T), schema=schema))
+        if writer is not None:
+            writer.close()
+        stats["documents"] = offset
+    if cfg.exact:
+        exact.write_keys(plan, part, _stack(keys, (0, 2), np.uint64), _stack(rows, (0,), np.int64))
+    plan.mark("sketch", part, stats)
+    return stats

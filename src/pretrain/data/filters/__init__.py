@@ -1,7 +1,8 @@
 """Filter: quality rules over a documents shard, grouped in profiles per kind of source.
 
 One module per rule family (gopher, c4, fineweb, code, language, gibberish, toxic, pii), the shared
-segmented document and rule contract (base), the profiles (profiles) and the step itself (step).
+segmented document and rule contract (base), the profiles (profiles), the rules of image samples and their
+captions (images) and the step itself (step), which picks the image rules for a source with images.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The filter step: one partition's documents -> kept and dropped shards under ``filtered/``, and stats.
 
-Each document goes through its source's profile (see ``profiles``): rules drop it (the first that trips
+Each document goes through its source's profile (see ``profiles``; image samples: ``images``, the image rules
+then the caption profile, in the samples schema): rules drop it (the first that trips
 names the ``reason`` and the ``value``, written with the document to the dropped shard), transforms
 rewrite a kept one (C4 boilerplate lines, PII). Stats count documents and bytes per rule, so every
 rule's cost in data is visible; a rule that fails on a document is counted in ``rule_errors`` and
@@ -20,8 +21,15 @@ import pyarrow.compute as pc
 
 from pretrain import storage
 from pretrain.config import FilterConfig, Recipe, RecipeError, fingerprint
-from pretrain.data.documents import DROPPED_SCHEMA, SCHEMA, ShardWriter, iter_batches
-from pretrain.data.filters import profiles
+from pretrain.data.documents import (
+    DROPPED_SAMPLE_SCHEMA,
+    DROPPED_SCHEMA,
+    SAMPLE_SCHEMA,
+    SCHEMA,
+    ShardWriter,
+    iter_batches,
+)
+from pretrain.data.filters import images, profiles
 from pretrain.data.filters.base import Doc, Rule, Step, fmt
 from pretrain.data.readers.base import Partition
 from pretrain.manifest import Manifest, reuse
@@ -104,17 +112,30 @@ def filter_batch(batch: pa.RecordBatch, chain: Chain) -> tuple[pa.Table, pa.Tabl
     stats = chain.stats
     texts = batch.column("text").to_pylist()
     nbytes = pc.binary_length(pc.cast(batch.column("text"), pa.binary())).to_pylist()
+    # image samples: a sample's bytes are its stored image's plus its caption's (the data funnel's bytes)
+    image_bytes = (pc.binary_length(batch.column("image")).to_pylist() if "image" in batch.schema.names
+                   else [0] * len(nbytes))
     metas = batch.column("meta").to_pylist()
     urls = batch.column("url").to_pylist()
     licenses = batch.column("license").to_pylist()
+    sizes = (zip(batch.column("width").to_pylist(), batch.column("height").to_pylist(), strict=True)
+             if "width" in batch.schema.names else None)  # image samples: the caption's image, original size
     keep: list[bool] = []
     reasons: list[str | None] = []
     values: list[str | None] = []
     out_texts: list[str] = []
     out_metas: list[str] = []
-    for text, size, meta_json, url, lic in zip(texts, nbytes, metas, urls, licenses, strict=True):
+    for text, size, image_size, meta_json, url, lic in zip(texts, nbytes, image_bytes, metas, urls, licenses,
+                                                           strict=True):
+        size = (size or 0) + (image_size or 0)
         meta = _meta(meta_json)
-        verdict = chain.judge(Doc(text or "", url=url or "", license=lic or "", meta=meta))
+        if sizes is None:
+            doc = Doc(text or "", url=url or "", license=lic or "", meta=meta)
+        else:
+            width, height = next(sizes)
+            doc = images.SampleDoc(text or "", width=width or 0, height=height or 0, url=url or "",
+                                   license=lic or "", meta=meta)
+        verdict = chain.judge(doc)
         stats.documents_in += 1
         stats.bytes_in += size or 0
         if verdict.language is not None:
@@ -129,7 +150,7 @@ def filter_batch(batch: pa.RecordBatch, chain: Chain) -> tuple[pa.Table, pa.Tabl
         out_metas.append(meta_json)
         if verdict.reason is None:
             stats.kept += 1
-            stats.bytes_kept += len(verdict.text.encode()) if verdict.text is not None else size or 0
+            stats.bytes_kept += len(verdict.text.encode()) + (image_size or 0) if verdict.text is not None else size
         else:
             stats.dropped += 1
             stats.dropped_by_reason[verdict.reason] += 1
@@ -155,6 +176,9 @@ def _meta(text: str | None) -> dict[str, Any]:
 
 
 def chain_for(cfg: FilterConfig, profile: str, stats: Stats | None = None) -> Chain:
+    """The rules of ``profile``; ``caption`` (image sources): the image rules, then the caption's."""
+    if profile == images.PROFILE:
+        return Chain(images.build(cfg), stats or Stats())
     return Chain(profiles.build(cfg, profile), stats or Stats(), language=profiles.wants_language(cfg, profile))
 
 
@@ -166,6 +190,7 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
     if source is None:
         raise RecipeError(f"sources: no source named {part.source!r} (the partition's source)")
     profile = source.profile
+    samples = source.has_images  # image samples: their schema, the image rules and the caption profile
     kept_url = recipe.url("filtered", "kept", part.source, f"{part.shard_name}.parquet")
     dropped_url = recipe.url("filtered", "dropped", part.source, f"{part.shard_name}.parquet")
     manifest_url = kept_url.replace(".parquet", ".manifest.json")
@@ -174,7 +199,8 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
         return done
     stats = Stats()
     chain = chain_for(cfg, profile, stats)
-    with ShardWriter(kept_url, SCHEMA) as kept, ShardWriter(dropped_url, DROPPED_SCHEMA) as dropped:
+    schema, dropped_schema = (SAMPLE_SCHEMA, DROPPED_SAMPLE_SCHEMA) if samples else (SCHEMA, DROPPED_SCHEMA)
+    with ShardWriter(kept_url, schema) as kept, ShardWriter(dropped_url, dropped_schema) as dropped:
         for shard in documents.shards:
             for batch in iter_batches(shard.url):
                 keep, drop = filter_batch(batch, chain)
@@ -187,7 +213,8 @@ def filter_shard(recipe: Recipe, documents: Manifest) -> Manifest:
         stats=stats.as_dict(), config=cfg.model_dump(),
         extra={"dropped": [dataclasses.asdict(dropped_shard)], "profile": profile,
                "rules_missing": profiles.missing(),
-               "partition": documents.extra["partition"], "ingest_stats": documents.stats},
+               "partition": documents.extra["partition"], "ingest_stats": documents.stats,
+               **({"samples": True} if samples else {})},
     )
     result.save(manifest_url)
     return result
