@@ -45,6 +45,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STAGES = ("ingested", "kept", "dropped", "final")
 # (history key, chart title, y label) of the training charts, in the order they are shown
 TRAINING_CHARTS = (("loss", "Loss", "loss"), ("tokens_per_second", "Throughput", "tokens / s"),
+                   ("samples_per_second", "Throughput", "samples / s"),  # image objectives
                    ("mfu", "Model FLOPs utilization", "MFU"), ("lr", "Learning rate", "learning rate"),
                    ("grad_norm", "Gradient norm", "grad norm"))
 
@@ -502,7 +503,8 @@ def status(run: Recipe | str, hist: pd.DataFrame | None) -> str:
         return f"{state}: no metrics logged yet"
     last = int(hist["step"].max())
     parts = [f"{state}: step {last}" + (f" of {total}" if total else "")]
-    for key, fmt in (("loss", "loss {:.4f}"), ("tokens_per_second", "{:,.0f} tokens/s"), ("mfu", "MFU {:.3f}")):
+    for key, fmt in (("loss", "loss {:.4f}"), ("tokens_per_second", "{:,.0f} tokens/s"),
+                     ("samples_per_second", "{:,.0f} samples/s"), ("mfu", "MFU {:.3f}")):
         if key in hist and hist[key].notna().any():
             parts.append(fmt.format(float(hist[key].dropna().iloc[-1])))
     return ", ".join(parts)

@@ -153,6 +153,18 @@ def test_exporter_callback_follows_steps_evals_checkpoints_and_anomalies(capsys)
     assert values["pretrain_train_checkpoints_total"] == 1 and values["pretrain_train_anomalies"] == 1
 
 
+def test_an_image_run_counts_samples_not_tokens():
+    st = state(step=1)
+    st.unit, st.tokens_per_step = "samples", 128  # image objectives: the loop's per-step count is samples
+    cb = PrometheusExporter("img", st, port=None)
+    cb.on_step(st, {"loss": 2.0, "samples_per_second": 456.0, "samples_per_second_per_device": 228.0})
+    values = {n: v for n, labels, v in _samples(cb.metrics.text()) if labels.get("run") == "img"}
+    assert values["pretrain_train_samples_total"] == 128 and values["pretrain_train_tokens_total"] == 0
+    assert values["pretrain_train_samples_per_second"] == 456.0
+    assert values["pretrain_train_samples_per_second_per_device"] == 228.0
+    assert "pretrain_train_tokens_per_second" not in values  # never a token rate it does not have
+
+
 def test_only_rank_zero_observes_and_a_taken_port_leaves_the_rest_working(capsys):
     recipe = load_recipe("tiny", ["observe.metrics_address=127.0.0.1", "observe.progress=lines"])
     assert observer_callbacks(recipe.observe, recipe.name, state(rank=1), "/tmp/x") == []

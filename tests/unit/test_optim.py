@@ -72,6 +72,18 @@ def test_adamw_groups_decay_only_matrices_that_are_not_embeddings():
     assert names(tied, groups["decay"]) == BLOCK_MATRICES
 
 
+def test_a_vits_learned_tokens_and_positions_are_not_decayed():
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=16, patch_size=4))
+    names = {id(p): n for n, p in vit.named_parameters()}
+    groups = {k: {names[id(p)] for p in v} for k, v in split_parameters(vit).items()}
+    assert {"embeddings.cls_token", "embeddings.position_embeddings"} <= groups["no_decay"]
+    assert "embeddings.patch_embeddings.projection.weight" in groups["decay"]  # a conv kernel is a weight
+    assert "layers.0.attention.q_proj.weight" in groups["decay"]
+
+
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = tiny_llama(tie=False)
     optimizer = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.01, muon_momentum=0.9))

@@ -2,9 +2,11 @@
 
 safetensors weights, config.json (generation_config.json for causal LMs), the tokenizer files and a model
 card; ``AutoModelForCausalLM`` (causal LM) or ``AutoModelForMaskedLM`` (masked LM) and ``AutoTokenizer``
-load it as is. The skeleton the checkpoint's weights load into is the recipe's model, or for continued
-pre-training the ``model.init_from`` folder's architecture. Files are uploaded first and the manifest last,
-so a half-exported folder is never taken as complete.
+load it as is. Image objectives export the vision model alone (``AutoModel``: ``ViTModel`` for
+image_contrastive, without SimCLR's projection head; ``CLIPModel`` for image_text_contrastive, with the run's
+tokenizer) plus a ``preprocessor_config.json`` (``AutoImageProcessor``). The skeleton the checkpoint's weights
+load into is the recipe's model, or for continued pre-training the ``model.init_from`` folder's architecture.
+Files are uploaded first and the manifest last, so a half-exported folder is never taken as complete.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pretrain.config import Recipe, fingerprint
 from pretrain.manifest import Manifest, Shard, reuse
 from pretrain.model.build import auto_class, build_model, pretrained_config
 from pretrain.model.card import PIPELINES, render_card
+from pretrain.model.card_images import IMAGE_PIPELINES
+from pretrain.model.vision import build_vision_model, image_processor
 from pretrain.train.checkpoint import load_model_weights
 
 
@@ -34,10 +38,18 @@ def card_data(recipe: Recipe, checkpoints: Manifest) -> dict | None:
 
 
 def skeleton(recipe: Recipe, tokens: Manifest):
-    """The model the checkpoint's weights load into, in fp32 on the CPU."""
+    """The model the checkpoint's weights load into, in fp32 on the CPU: the HF model, or for image objectives
+    the ``ContrastiveModule`` (its ``.model`` is what is exported)."""
     import torch
 
     objective = recipe.train.objective
+    if recipe.modality != "text":
+        from pretrain.train.objectives.contrastive import ContrastiveModule
+
+        extra = tokens.extra
+        hf = build_vision_model(recipe.model, recipe.seed, vocab_size=int(extra.get("vocab_size") or 0),
+                                eos_id=int(extra.get("eos_id") or 0), pad_id=extra.get("pad_id"))
+        return ContrastiveModule.from_recipe(hf, recipe)
     if recipe.model.init_from:
         config, _ = pretrained_config(recipe.model.init_from, objective)
         return auto_class(objective).from_config(config, dtype=torch.float32)
@@ -70,16 +82,21 @@ def export_model(recipe: Recipe, checkpoints: Manifest, tokens: Manifest) -> Man
     if (done := reuse(root, fp)) is not None:
         return done
     objective = recipe.train.objective
-    model = skeleton(recipe, tokens)
-    load_model_weights(checkpoints.extra["latest"], model)
+    trained = skeleton(recipe, tokens)
+    load_model_weights(checkpoints.extra["latest"], trained)
+    image = recipe.modality != "text"
+    model = trained.exported() if image else trained
     if objective == "causal_lm":
         model.config.use_cache = True  # off while training; generation wants it
     stats = checkpoints.stats
     params = sum(p.numel() for p in model.parameters())
-    pipeline = PIPELINES[objective][0]
+    pipeline = (IMAGE_PIPELINES if image else PIPELINES)[objective][0]
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        copy_tokenizer(tokens.extra["tokenizer"], Path(tmp), objective, tokens.extra.get("mask_id"))
+        if tokens.extra.get("tokenizer"):  # every text run; image-text runs (an image-only run has none)
+            copy_tokenizer(tokens.extra["tokenizer"], Path(tmp), objective, tokens.extra.get("mask_id"))
+        if image:
+            image_processor(recipe.model).save_pretrained(tmp)
         (Path(tmp) / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
         (Path(tmp) / "README.md").write_text(render_card(
             recipe, model.config, parameters=params, train=stats, history=checkpoints.extra.get("history"),

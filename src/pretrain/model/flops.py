@@ -126,8 +126,40 @@ def flops_per_token(config, seq_len: int, objective: str = "causal_lm", mask_pro
     return sum(flops_breakdown(config, seq_len, objective, mask_probability, gathered_head=gathered_head).values())
 
 
+def tower_flops(hidden: int, intermediate: int, layers: int, tokens: int) -> float:
+    """Forward matmul FLOPs of one pre-norm encoder tower (ViT, CLIP's towers) over ``tokens`` positions: q, k, v,
+    o and a two-matrix GeLU MLP per position, scores and values over all ``tokens`` keys."""
+    per_position = layers * (2 * 4 * hidden * hidden + 2 * 2 * hidden * intermediate + 2 * 2 * tokens * hidden)
+    return float(tokens * per_position)
+
+
+def flops_per_sample(config, objective: str, projection_dim: int = 128) -> float:
+    """Training (forward + backward) model FLOPs per sample of an image objective, by the module docstring's
+    convention: one image for CLIP (its vision tower at (image / patch)^2 + 1 positions, the patch embedding,
+    the text tower at ``max_position_embeddings`` positions, both projections); two views through the ViT, its
+    pooler and SimCLR's 2-layer head (hidden -> hidden -> projection_dim) for image_contrastive. The similarity matrix
+    (2 x D per pair in the global batch) is left out: under 1% at these batch sizes.
+    ``projection_dim``: SimCLR's head output (``model.projection_dim``); CLIP's config holds its own.
+    """
+    vision = getattr(config, "vision_config", config)
+    patches = (vision.image_size // vision.patch_size) ** 2
+    image = (tower_flops(vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, patches + 1)
+             + patches * 2 * 3 * vision.patch_size**2 * vision.hidden_size)
+    if objective == "image_text_contrastive":
+        text = config.text_config
+        caption = tower_flops(text.hidden_size, text.intermediate_size, text.num_hidden_layers,
+                              text.max_position_embeddings)
+        projections = 2 * config.projection_dim * (vision.hidden_size + text.hidden_size)
+        return float(TRAIN_MULTIPLIER * (image + caption + projections))
+    if objective == "image_contrastive":
+        h, d = config.hidden_size, projection_dim
+        return float(TRAIN_MULTIPLIER * 2 * (image + 2 * 2 * h * h + 2 * h * d))
+    raise ValueError(f"flops_per_sample: {objective!r} is not an image objective")
+
+
 def mfu(tokens_per_second_per_device: float, flops_per_token: float, peak_flops_per_device: float) -> float:
-    """Model FLOPs utilization, per device on both sides: (global tokens/s / world size) * FLOPs/token / peak.
+    """Model FLOPs utilization, per device on both sides: (global tokens/s / world size) * FLOPs/token / peak
+    (image runs: samples/s and FLOPs per sample).
 
     Multiplying by the world size on one side and dividing by one device's peak on the other was the
     bug this function exists to prevent.

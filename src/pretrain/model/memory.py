@@ -324,3 +324,55 @@ def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
             used -= int(fields.get(cache, 0))
         return max(0, int(cap) - used)
     return None
+
+
+def _tower_shape(config) -> ModelShape:
+    """A ViT / CLIP tower as the BERT-like pre-norm encoder layer it is (GeLU MLP, LayerNorm, full attention)."""
+    h, heads, layers = config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+    return ModelShape(kind="bert", hidden=h, intermediate=config.intermediate_size, layers=layers, heads=heads,
+                      kv_heads=heads, head_dim=h // heads, vocab=0, glu=False, tied=True, head_transform=False,
+                      windows=(None,) * layers)
+
+
+def estimate_vision_memory(module, train_cfg: TrainConfig, world_size: int, micro_batch_size: int,
+                           *, device_type: str = "cuda") -> MemoryEstimate:
+    """Per-rank peak bytes of an image objective (``ContrastiveModule``: a ViT or CLIPModel, SimCLR's head), by the
+    text estimate's rules: parameter, gradient and optimizer bytes from the module's exact parameter count
+    (AdamW's 8 bytes for every one, also under Muon: an upper bound), activations per tower from the same
+    per-layer count as BERT's (ViT and CLIP layers are pre-norm GeLU encoder layers) over each sample's positions
+    (two views for SimCLR; an image and a caption for CLIP), plus the similarity logits. No "what fits" hints."""
+    from pretrain.model.parallel import transformer_blocks
+
+    config = module.model.config
+    fsdp, bf16 = train_cfg.parallel == "fsdp", train_cfg.precision == "bf16"
+    bf16_params = fsdp and bf16 and device_type == "cuda"
+    total = sum(p.numel() for p in module.parameters())
+    blocks = transformer_blocks(module.model)
+    block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    matrices = sum(p.numel() for b in blocks for p in b.parameters() if p.ndim == 2)
+    shard = world_size if fsdp else 1
+    local = math.ceil(total / shard)
+    if fsdp:
+        root = total - sum(p.numel() for b in blocks for p in b.parameters())
+        communication = (2 if bf16_params else 4) * (root + 2 * block) + 4 * max(root, block)
+    else:
+        communication = 4 * total if world_size > 1 else 0
+    vision = getattr(config, "vision_config", config)
+    positions = (vision.image_size // vision.patch_size) ** 2 + 1
+    towers = [(vision, positions, 2 if train_cfg.objective == "image_contrastive" else 1)]
+    if hasattr(config, "text_config"):
+        towers.append((config.text_config, config.text_config.max_position_embeddings, 1))
+    activations = sum(_activation_bytes(_tower_shape(c), c, train_cfg, micro_batch_size * views * n, n, bf16,
+                                        device_type) for c, n, views in towers)
+    anchors = micro_batch_size * 2  # two views, or an image and a caption, per sample
+    global_rows = anchors * (world_size if train_cfg.gather_negatives else 1)
+    logits = 3 * 4 * anchors * global_rows  # fp32 logits, softmax and gradient
+    weight_copies = 2 * matrices if bf16 and not bf16_params else 0
+    counted = 8 * local + 8 * local + communication + activations + weight_copies + logits
+    overhead = FIXED_OVERHEAD.get(device_type, FIXED_OVERHEAD["cuda"]) + int(FRAGMENTATION * counted)
+    setup = (f"{config.model_type} {total / 1e6:.1f}M params, {train_cfg.parallel} x{world_size}, micro-batch "
+             f"{micro_batch_size} images, {train_cfg.precision}, activation_checkpointing "
+             f"{train_cfg.activation_checkpointing}")
+    return MemoryEstimate(parameters=4 * local, gradients=4 * local, optimizer=8 * local, communication=communication,
+                          activations=activations, weight_copies=weight_copies, logits=logits, optimizer_step=0,
+                          overhead=overhead, setup=setup)

@@ -22,19 +22,28 @@ from torch import nn
 
 from pretrain.config import TrainConfig
 
-# Where each supported Hugging Face model keeps its transformer blocks.
-BLOCK_PATHS = ("model.layers", "bert.encoder.layer")  # Llama, ModernBERT / BERT
+# Where each supported Hugging Face model keeps its transformer blocks: Llama and ModernBERT, BERT, ViT, and
+# CLIP's two towers (every path found counts, so a two-tower model gets both lists' blocks).
+BLOCK_PATHS = ("model.layers", "bert.encoder.layer", "layers", "encoder.layer", "vision_model.encoder.layers",
+               "text_model.encoder.layers")  # ViT: layers (transformers 5), encoder.layer (4)
 DEFAULT_COMPILE_CACHE = "~/.cache/pretrain/compile"
 RECOMPILE_LIMIT = 32
 
 
 def transformer_blocks(hf_model: nn.Module) -> nn.ModuleList:
-    """The repeated blocks of a Hugging Face model: ``model.layers`` (Llama, ModernBERT), ``bert.encoder.layer``."""
+    """The repeated blocks of a Hugging Face model: ``model.layers`` (Llama, ModernBERT), ``bert.encoder.layer``,
+    ``layers`` (ViT), or CLIP's vision then text ``encoder.layers`` together (an unregistered list of the
+    same modules: state-dict keys do not change)."""
+    found = []
     for path in BLOCK_PATHS:
         with contextlib.suppress(AttributeError):
             blocks = hf_model.get_submodule(path)
             if isinstance(blocks, nn.ModuleList):
-                return blocks
+                found.append(blocks)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        return nn.ModuleList([block for blocks in found for block in blocks])
     raise ValueError(f"parallelize: no transformer blocks found in {type(hf_model).__name__} "
                      f"(looked for {', '.join(BLOCK_PATHS)}); add its path to BLOCK_PATHS")
 

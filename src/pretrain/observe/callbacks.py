@@ -31,7 +31,7 @@ class PrometheusExporter(Callback):
 
     def on_step(self, state: TrainState, metrics: dict[str, Any]) -> None:
         self.metrics.set("pretrain_train_step", state.step)
-        self.metrics.counters["pretrain_train_tokens"].inc(state.tokens_per_step)
+        self.metrics.counters[f"pretrain_train_{state.unit}"].inc(state.tokens_per_step)  # tokens, or samples
         if metrics:
             self.metrics.update(metrics)
 

@@ -32,6 +32,10 @@ GAUGES: dict[str, tuple[str, str | None, float]] = {
                                          1.0),
     "pretrain_train_tokens_per_second_per_device": ("Training tokens per second per device.",
                                                     "tokens_per_second_per_device", 1.0),
+    "pretrain_train_samples_per_second": ("Training samples per second, all ranks together (image objectives).",
+                                          "samples_per_second", 1.0),
+    "pretrain_train_samples_per_second_per_device": ("Training samples per second per device (image objectives).",
+                                                     "samples_per_second_per_device", 1.0),
     "pretrain_train_mfu_ratio": ("Model FLOPs utilization per device, a fraction of its peak.", "mfu", 1.0),
     "pretrain_train_step_seconds": ("Mean wall time of one optimizer step since the last logged step.",
                                     "step_seconds", 1.0),
@@ -42,7 +46,8 @@ GAUGES: dict[str, tuple[str, str | None, float]] = {
     "pretrain_train_anomalies": ("Skipped or rolled-back steps so far (stability guard).", "anomalies", 1.0),
 }
 COUNTERS: dict[str, str] = {
-    "pretrain_train_tokens": "Training tokens processed by this process (since it started).",
+    "pretrain_train_tokens": "Training tokens processed by this process (since it started); 0 for image objectives.",
+    "pretrain_train_samples": "Training samples (images) processed by this process (image objectives).",
     "pretrain_train_checkpoints": "Checkpoints saved by this process.",
 }
 

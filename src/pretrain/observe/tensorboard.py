@@ -18,6 +18,8 @@ from pretrain.observe import warn
 TAGS = {"loss": "train/loss", "val_loss": "eval/loss", "val_perplexity": "eval/perplexity", "lr": "train/lr",
         "grad_norm": "train/grad_norm", "tokens_per_second": "perf/tokens_per_second",
         "tokens_per_second_per_device": "perf/tokens_per_second_per_device", "mfu": "perf/mfu",
+        "samples_per_second": "perf/samples_per_second", "val_accuracy": "eval/accuracy",
+        "samples_per_second_per_device": "perf/samples_per_second_per_device",
         "step_seconds": "perf/step_seconds", "peak_memory_gb": "perf/peak_memory_gb",
         "anomalies": "train/anomalies"}
 

@@ -29,6 +29,9 @@ class TrainState:
     save_requested: bool = False  # by time (train.checkpoint_minutes) or SIGTERM, agreed by every rank
     checkpoint_seconds: float | None = None  # the last save's time in the loop (observe: its duration metric)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # what tokens_per_step and flops_per_token count: "tokens" (text), or "samples" (image objectives: images, or
+    # image-caption pairs, per step; FLOPs per sample), which names the throughput metrics
+    unit: str = "tokens"
 
 
 class Callback:
@@ -40,7 +43,8 @@ class Callback:
 
 
 class Throughput(Callback):
-    """Adds tokens/s (global and per device) and MFU to logged steps.
+    """Adds tokens/s (global and per device) and MFU to logged steps; image runs log samples/s instead
+    (``TrainState.unit``), never a token count they do not have.
 
     MFU is per device on both sides: the model FLOP/s one device delivers (global tokens/s / world x
     FLOPs per token) over that device's peak for the precision used.
@@ -64,8 +68,8 @@ class Throughput(Callback):
         elapsed = time.perf_counter() - self._since
         tps = state.tokens_per_step * self._steps / max(elapsed, 1e-9)
         per_device = tps / state.world
-        metrics["tokens_per_second"] = tps
-        metrics["tokens_per_second_per_device"] = per_device
+        metrics[f"{state.unit}_per_second"] = tps
+        metrics[f"{state.unit}_per_second_per_device"] = per_device
         metrics["step_seconds"] = elapsed / self._steps
         if state.peak_flops:
             metrics["mfu"] = mfu(per_device, state.flops_per_token, state.peak_flops)

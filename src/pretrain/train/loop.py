@@ -1,10 +1,11 @@
 """The training loop: short on purpose; checkpointing, logging and throughput are callbacks.
 
-Every rank runs the same code. Batches come from ``TokenLoader.batch(index, rank, world, batch)``, a pure
-function of the data step, so the loader needs no state beyond the step number (and the batches a
-rollback skipped) to resume. The objective, the optimizer, the schedule and the parallel layout are each
-built by their own module; the loop only orders them and decides, once per step on every rank alike,
-whether the step updates the model and whether a checkpoint is due.
+Every rank runs the same code. Batches come from ``TokenLoader.batch(index, rank, world, batch)`` (text) or
+``ImageLoader.batch(...)`` (image objectives: the samples manifest), a pure function of the data step, so the
+loader needs no state beyond the step number (and the batches a rollback skipped) to resume; ``batch_inputs``
+are the objective module's positional inputs, whichever the modality. The objective, the optimizer, the
+schedule and the parallel layout are each built by their own module; the loop only orders them and decides,
+once per step on every rank alike, whether the step updates the model and whether a checkpoint is due.
 """
 
 from __future__ import annotations
@@ -18,20 +19,32 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from pretrain.config import Recipe
+from pretrain.config import Recipe, RecipeError
 from pretrain.manifest import Manifest
 from pretrain.model.build import build_model, check_vocab, init_weights, load_pretrained
-from pretrain.model.flops import flops_per_token, matmul_precision, peak_flops
-from pretrain.model.memory import available_memory, check_fits, estimate_memory
+from pretrain.model.flops import flops_per_sample, flops_per_token, matmul_precision, peak_flops
+from pretrain.model.memory import available_memory, check_fits, estimate_memory, estimate_vision_memory
 from pretrain.model.parallel import clip_grad_norm, gradient_sync, parallelize, unwrap
+from pretrain.model.vision import build_vision_model
 from pretrain.observe.callbacks import observer_callbacks
-from pretrain.tokens import SequentialWindows, TokenLoader, mixture_epochs, shard_refs, split_urls, verify_shards
+from pretrain.tokens import (
+    Batch,
+    SequentialWindows,
+    TokenLoader,
+    mixture_epochs,
+    shard_refs,
+    split_urls,
+    verify_shards,
+)
+from pretrain.tokens.images import ImageBatches, image_data
 from pretrain.train.callbacks import Callback, Checkpointing, MetricsLog, Throughput, TrainState
 from pretrain.train.checkpoint import CheckpointManager, checkpoint_fingerprint
-from pretrain.train.objectives import TrainModule, evaluate_sums, mask_seed
+from pretrain.train.objectives import TrainModule, evaluate_sums, mask_seed, trained_part
+from pretrain.train.objectives.contrastive import ContrastiveModule
 from pretrain.train.optim import build_optimizer
 from pretrain.train.schedule import build_scheduler, check_resume, current_lr, trajectory
 from pretrain.train.stability import StabilityGuard
@@ -90,10 +103,20 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # peak RSS (KiB on Linux)
 
 
+def batch_inputs(rows) -> tuple:
+    """The objective module's positional inputs: (token windows, document ids or None) of a text ``Batch``, or an
+    ``ImageBatch``'s (images, captions, attention mask); CPU tensors, the module moves them."""
+    if isinstance(rows, Batch):
+        return (torch.from_numpy(rows.tokens),
+                None if rows.document_ids is None else torch.from_numpy(rows.document_ids))
+    return rows.inputs()
+
+
 @torch.no_grad()
-def evaluate_loss(module, data: SequentialWindows, batch: int, max_batches: int, d: Dist, autocast,
-                  seed: int) -> float:
-    """Mean loss per predicted token over the same fixed validation windows (and masks) every time.
+def held_out_sums(module, data: SequentialWindows | ImageBatches, batch: int, max_batches: int, d: Dist, autocast,
+                  seed: int) -> torch.Tensor:
+    """[summed loss, tokens (anchors for image objectives), correct] (fp64) over the same fixed validation batches
+    (and masks, or views) every time, summed over ranks.
 
     Split across ranks; every rank runs the same number of forward passes (a rank short of batches repeats
     one and discards it), as FSDP's collectives require. The masks are the evaluate step's, so a masked
@@ -106,15 +129,23 @@ def evaluate_loss(module, data: SequentialWindows, batch: int, max_batches: int,
     with torch.compiler.set_stance("force_eager"):
         for j in range(-(-len(batches) // d.world)):
             i = j * d.world + d.rank
-            windows = torch.from_numpy(batches[i if i < len(batches) else 0])
+            rows = batches[i if i < len(batches) else 0]
+            inputs = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows.inputs()  # windows, or images
             with autocast():
-                sums = evaluate_sums(module, windows, mask_seed(seed, "eval", i))
+                sums = evaluate_sums(module, inputs, mask_seed(seed, "eval", i))
             if i < len(batches):
                 total += sums.double().cpu()
     module.train()
     t = total.to(d.device)
     if dist.is_initialized():
         dist.all_reduce(t)
+    return t.cpu()
+
+
+def evaluate_loss(module, data: SequentialWindows | ImageBatches, batch: int, max_batches: int, d: Dist, autocast,
+                  seed: int) -> float:
+    """Mean held-out loss per predicted token (per anchor for image objectives); see ``held_out_sums``."""
+    t = held_out_sums(module, data, batch, max_batches, d, autocast, seed)
     return (t[0] / t[1]).item()
 
 
@@ -133,7 +164,10 @@ class StopSignal:
 
 
 def build_module(recipe: Recipe, tokens: Manifest, d: Dist):
-    """The model (fresh or continued from ``model.init_from``) inside its objective, checked to fit."""
+    """The model (fresh or continued from ``model.init_from``) inside its objective, checked to fit; with its
+    training FLOPs per token (per sample for image objectives) and memory estimate."""
+    if recipe.modality != "text":
+        return build_contrastive(recipe, tokens, d)
     cfg = recipe.train
     vocab = int(tokens.extra["vocab_size"])
     special = {"eos": int(tokens.extra["eos_id"]), "pad": tokens.extra.get("pad_id"),
@@ -159,6 +193,30 @@ def build_module(recipe: Recipe, tokens: Manifest, d: Dist):
     return module, fpt, estimate
 
 
+def build_contrastive(recipe: Recipe, samples: Manifest, d: Dist):
+    """A ViT (+ SimCLR's head) or CLIPModel inside its contrastive objective, initialized from the seed (on the
+    device, or materialized there from meta under FSDP2 as text models are), checked to fit."""
+    cfg, extra = recipe.train, samples.extra
+    if recipe.model.init_from:
+        raise RecipeError(f"model.init_from: continued pre-training is not supported for train.objective "
+                          f"{cfg.objective} yet (only causal_lm and masked_lm)")
+    available, source = available_memory(cfg, d.device)
+    meta = cfg.init_device == "meta" or (cfg.init_device == "auto" and cfg.parallel == "fsdp" and d.world > 1)
+    hf = build_vision_model(recipe.model, recipe.seed, vocab_size=int(extra.get("vocab_size") or 0),
+                            eos_id=int(extra.get("eos_id") or 0), pad_id=extra.get("pad_id"), device="meta")
+    with torch.device("meta"):
+        module = ContrastiveModule.from_recipe(hf, recipe)
+    estimate = estimate_vision_memory(module, cfg, d.world, cfg.micro_batch_size, device_type=d.device.type)
+    if available:
+        check_fits(estimate, available, source)
+    fps = flops_per_sample(hf.config, cfg.objective, recipe.model.projection_dim)
+    if not meta:
+        module.to_empty(device="cpu")
+        module.reset(recipe.seed)
+    module = parallelize(module, cfg, d.device, init=lambda _hf: module.reset(recipe.seed))
+    return module, fps, estimate
+
+
 def device_name(device: torch.device) -> str:
     """The accelerator's or CPU's model name, for the model card's hardware line."""
     if device.type == "cuda":
@@ -177,21 +235,28 @@ def train(recipe: Recipe) -> dict:
     d = init_distributed(cfg.backend)
     torch.set_num_threads(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    tokens = Manifest.load(recipe.url("tokens"))
+    tokens = Manifest.load(recipe.url("tokens"))  # a samples manifest for image objectives
+    image = recipe.modality != "text"
+    if not image and tokens.kind == "samples":
+        raise RecipeError(f"train.objective {cfg.objective} trains on token shards, but {recipe.url('tokens')} holds "
+                          "image samples (re-run the data steps with this recipe)")
     ckpt = CheckpointManager(recipe.url("checkpoints"), cfg.keep_checkpoints,
                              checkpoint_fingerprint(recipe.model.model_dump(), recipe.seed, tokens.fingerprint),
                              keep_every=cfg.keep_every,
                              asynchronous=cfg.async_checkpoint == "on" or (cfg.async_checkpoint == "auto"
                                                                            and d.device.type == "cuda"))
     ckpt.check_foreign()  # before anything expensive
-    if cfg.verify_tokens:
-        verify_shards(tokens.shards, d.rank, d.world)
-    train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
-                             epochs=mixture_epochs(tokens.extra), document_masking=cfg.document_masking)
-    val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
+    if image:
+        train_data, val_data = image_data(tokens, recipe.seed, recipe.model.seq_len)
+    else:
+        if cfg.verify_tokens:
+            verify_shards(tokens.shards, d.rank, d.world)
+        train_data = TokenLoader(shard_refs(tokens.shards, "train"), recipe.model.seq_len, recipe.seed,
+                                 epochs=mixture_epochs(tokens.extra), document_masking=cfg.document_masking)
+        val_data = SequentialWindows(split_urls(tokens.shards, "val"), recipe.model.seq_len)
 
     module, fpt, estimate = build_module(recipe, tokens, d)
-    core = unwrap(module).model  # the Hugging Face model: checkpoints hold its keys
+    core = trained_part(unwrap(module))  # the HF model (+ SimCLR's head): checkpoints hold its keys
     optimizer = build_optimizer(core, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     start = ckpt.restore(core, optimizer, scheduler)
@@ -213,9 +278,10 @@ def train(recipe: Recipe) -> dict:
     if d.rank == 0 or d.device.type == "cuda":  # a CPU probe (2048^2 matmuls, ~0.3 s) only where MFU is logged
         peak, peak_source = peak_flops(d.device, matmul_precision(cfg.precision, cfg.tf32, d.device.type),
                                        threads=torch.get_num_threads(), probe_size=2048)
+    per_row = 1 if image else recipe.model.seq_len  # image runs count samples (TrainState.unit), not tokens
     state = TrainState(step=start, max_steps=cfg.max_steps, rank=d.rank, world=d.world, flops_per_token=fpt,
-                       tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * recipe.model.seq_len * d.world,
-                       peak_flops=peak)
+                       tokens_per_step=cfg.micro_batch_size * cfg.grad_accum_steps * per_row * d.world,
+                       peak_flops=peak, unit="samples" if image else "tokens")
     log = MetricsLog(recipe.url("train", "metrics.jsonl"), start, d.rank)
     last_save = time.monotonic()
 
@@ -243,13 +309,18 @@ def train(recipe: Recipe) -> dict:
                                  Checkpointing(save, cfg.checkpoint_interval, checkpointed)]
 
     def run_eval() -> None:
-        loss = evaluate_loss(module, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast, recipe.seed)
-        metrics = {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
+        sums = held_out_sums(module, val_data, recipe.evaluate.batch_size, cfg.eval_batches, d, autocast, recipe.seed)
+        loss = (sums[0] / sums[1]).item()
+        if image:  # in-batch top-1 retrieval of each anchor's positive (the other view, or its caption / image)
+            metrics = {"val_loss": loss, "val_accuracy": (sums[2] / sums[1]).item()}
+        else:
+            metrics = {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50))}
         for cb in callbacks:
             cb.on_eval(state, metrics)
 
     if d.rank == 0:
-        print(f"[train] {sum(p.numel() for p in core.parameters()):,} parameters, {fpt / 1e6:.1f} MFLOP/token, "
+        print(f"[train] {sum(p.numel() for p in core.parameters()):,} parameters, {fpt / 1e6:.1f} MFLOP/"
+              f"{state.unit[:-1]}, "
               f"peak {peak / 1e12 if peak else 0:.1f} TFLOP/s ({peak_source}), {estimate.describe()}", flush=True)
     stop = StopSignal()
     try:
@@ -265,10 +336,9 @@ def train(recipe: Recipe) -> dict:
             for micro in range(cfg.grad_accum_steps):
                 index = (step + offset - 1) * cfg.grad_accum_steps + micro
                 rows = train_data.batch(index, d.rank, d.world, cfg.micro_batch_size, anchor)
-                windows = torch.from_numpy(rows.tokens)  # the objective moves them (masked LM masks on the CPU)
-                documents = None if rows.document_ids is None else torch.from_numpy(rows.document_ids)
+                inputs = batch_inputs(rows)  # CPU tensors: the objective moves them (masked LM masks on the CPU)
                 with gradient_sync(module, enabled=micro == cfg.grad_accum_steps - 1), autocast():
-                    loss = module(windows, documents, mask_seed=mask_seed(recipe.seed, index, d.rank))
+                    loss = module(*inputs, mask_seed=mask_seed(recipe.seed, index, d.rank))
                 (loss / cfg.grad_accum_steps).backward()
                 total += loss.detach() / cfg.grad_accum_steps
             grad_norm = clip_grad_norm(module, cfg.grad_clip or float("inf"))
@@ -332,11 +402,14 @@ def train(recipe: Recipe) -> dict:
         stop.restore()
     consumed = TokenLoader.samples_before((state.step + offset) * cfg.grad_accum_steps, d.world,
                                           cfg.micro_batch_size, anchor)
-    trained = {k: v * recipe.model.seq_len for k, v in train_data.sources_of(0, consumed).items()}
+    by_source = train_data.sources_of(0, consumed)
+    trained = {} if image else {k: v * recipe.model.seq_len for k, v in by_source.items()}
     summary = {"step": state.step, "history": log.rows, "world_size": d.world, "device": d.device.type,
                "parameters": sum(p.numel() for p in core.parameters()),
                "trained_tokens_by_source": trained, "anomalies": guard.state.anomalies,
-               "flops_per_token": fpt, "peak_flops": peak, "peak_flops_source": peak_source,
+               **({"trained_samples_by_source": by_source, "flops_per_sample": fpt} if image
+                  else {"flops_per_token": fpt}),
+               "peak_flops": peak, "peak_flops_source": peak_source,
                "memory_estimate_gb": estimate.total / 1e9, "device_name": device_name(d.device),
                "wall_seconds": prior_wall + time.monotonic() - began}
     if dist.is_initialized():

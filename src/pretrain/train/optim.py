@@ -5,7 +5,7 @@ whose blocks are wrapped (activation checkpointing, regional compile) or sharded
 
 - ``decay``: weights with 2 or more dimensions that are not embedding tables (a head tied to the input
   embedding is the same Parameter, so it counts as an embedding; an untied head is decayed);
-- ``no_decay``: norms, biases (anything 1-D) and embedding tables;
+- ``no_decay``: norms, biases (anything 1-D), embedding tables and learned tokens/positions (``LEARNED_TOKENS``);
 - ``muon`` (``train.optimizer: muon``): the 2-D weights inside the transformer blocks (attention and MLP
   projections); embeddings, the head, norms and biases stay with AdamW;
 - ``embedding`` and ``head``, only when ``train.decay_embeddings``, ``train.embedding_lr`` or ``train.head_lr``
@@ -60,6 +60,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return OptimizerList([adamw, muon])
 
 
+# Parameters that are embeddings without being nn.Embedding tables: a ViT's learned [CLS]/mask tokens and its
+# position embeddings (3-D, added to the patches); like embedding tables they are not decayed.
+LEARNED_TOKENS = frozenset({"cls_token", "mask_token", "distillation_token", "position_embeddings"})
+
+
 def split_parameters(model: nn.Module, muon: bool = False, apart: bool = False) -> dict[str, list[nn.Parameter]]:
     """The trainable parameters by group kind (``decay``, ``no_decay``, ``muon``, ``embedding``, ``head``), each
     once, in model order; ``embedding`` and ``head`` stay empty unless ``apart`` (see the module docstring)."""
@@ -67,14 +72,14 @@ def split_parameters(model: nn.Module, muon: bool = False, apart: bool = False) 
     blocks = {id(p) for p in _blocks(model).parameters()} if muon else set()
     head = _output_head(model) if apart else None
     groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "muon": [], "embedding": [], "head": []}
-    for p in model.parameters():  # deduplicated: a tied head is the embedding's own Parameter
+    for name, p in model.named_parameters():  # deduplicated: a tied head is the embedding's own Parameter
         if not p.requires_grad:
             continue
         if apart and id(p) in embeddings:
             groups["embedding"].append(p)
         elif head is not None and p is head:
             groups["head"].append(p)
-        elif p.ndim < 2 or id(p) in embeddings:
+        elif p.ndim < 2 or id(p) in embeddings or name.rsplit(".", 1)[-1] in LEARNED_TOKENS:
             groups["no_decay"].append(p)
         elif id(p) in blocks and p.ndim == 2:
             groups["muon"].append(p)

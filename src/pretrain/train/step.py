@@ -55,17 +55,24 @@ def train_step(recipe: Recipe, tokens: Manifest, run_id: str = "manual") -> Mani
         "initial_val_loss": evals[0]["val_loss"] if evals else None,
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
         "final_train_loss": losses[-1]["loss"] if losses else None,
-        "tokens_per_second": losses[-1].get("tokens_per_second") if losses else None,
         # for the model card's compute and hardware lines
-        **{k: summary.get(k) for k in ("device", "device_name", "wall_seconds", "flops_per_token",
+        **{k: summary.get(k) for k in ("device", "device_name", "wall_seconds", "flops_per_token", "flops_per_sample",
                                        "peak_flops_source") if summary.get(k) is not None},
     }
+    if recipe.modality == "text":
+        stats["tokens_per_second"] = losses[-1].get("tokens_per_second") if losses else None
+    else:  # image objectives: samples, not tokens; in-batch top-1 retrieval accuracy
+        stats["samples_per_second"] = losses[-1].get("samples_per_second") if losses else None
+        stats["initial_val_accuracy"] = evals[0].get("val_accuracy") if evals else None
+        stats["final_val_accuracy"] = evals[-1].get("val_accuracy") if evals else None
     shards = [Shard(url=storage.join(ckpt_root, step_name(s)), rows=s, bytes=0, meta={"step": s}) for s in steps]
     result = Manifest(kind="checkpoints", root=root, fingerprint=fp, shards=shards, stats=stats,
                       config=recipe.train.model_dump(),
                       extra={"latest": shards[-1].url, "metrics": storage.join(root, "metrics.jsonl"),
                              "history": history,
-                             "trained_tokens_by_source": summary.get("trained_tokens_by_source", {})})
+                             "trained_tokens_by_source": summary.get("trained_tokens_by_source", {}),
+                             **({"trained_samples_by_source": summary["trained_samples_by_source"]}
+                                if "trained_samples_by_source" in summary else {})})
     result.save()
     return result
 

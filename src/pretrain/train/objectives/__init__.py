@@ -1,4 +1,5 @@
-"""Training objectives as one ``nn.Module`` around the Hugging Face model: causal LM and masked LM.
+"""Training objectives as one ``nn.Module`` around the Hugging Face model: causal LM and masked LM here, the
+contrastive ones (SimCLR, CLIP) in ``contrastive.ContrastiveModule``.
 
 ``TrainModule`` is what DDP / FSDP2 / torch.compile wrap: its only child is the HF model (``.model``), so its
 state-dict keys are ``model.`` + the HF keys, and the objective runs entirely inside its ``forward``
@@ -89,6 +90,18 @@ class TrainModule(torch.nn.Module):
 
 
 @torch.no_grad()
-def evaluate_sums(module: torch.nn.Module, windows: torch.Tensor, mask_seed: int | None = None) -> torch.Tensor:
-    """Held-out [summed loss, tokens, correct] (fp64) through ``module``'s forward (DDP/FSDP2-wrapped or not)."""
-    return module(windows, None, mask_seed, sums=True)
+def evaluate_sums(module: torch.nn.Module, inputs: torch.Tensor | tuple, mask_seed: int | None = None) -> torch.Tensor:
+    """Held-out [summed loss, tokens (or anchors), correct] (fp64) through ``module``'s forward (DDP/FSDP2-wrapped
+    or not); ``inputs``: token windows, or a tuple of the module's inputs (an image batch's)."""
+    if isinstance(inputs, tuple):
+        return module(*inputs, mask_seed=mask_seed, sums=True)
+    return module(inputs, None, mask_seed, sums=True)
+
+
+def trained_part(module: torch.nn.Module) -> torch.nn.Module:
+    """What the optimizer and checkpoints hold, of an unwrapped objective module: a text objective's HF model (its
+    checkpoint keys are the HF names), or a contrastive module whole (``model.`` + HF names, and SimCLR's
+    ``head.``)."""
+    from pretrain.train.objectives.contrastive import ContrastiveModule
+
+    return module if isinstance(module, ContrastiveModule) else module.model
