@@ -5,6 +5,10 @@ used), the dedup and tokens manifests and the train manifest under the run root;
 except one sample per filter rule (the first document it dropped, in run order) and the ``license`` column of
 the deduplicated shards. A step that has not run leaves its parts empty or None, never guessed.
 
+An image run's tokenize step writes a samples manifest (``kind="samples"``: per source ``train_samples`` and
+``val_samples``) instead of token shards: its sources count samples, its funnel ends "in sample shards", and
+``samples`` holds the split's counts (with the samples dropped for having no caption) and the stored image size.
+
 The knowledge cutoff is the latest date of a document in the train split of the token shards: dropped,
 duplicate and validation documents do not count, and undated ones are counted apart. The tokenize step records
 these dates per source and split (``extra["dates"]``); for a tokens manifest written before it did, the dates
@@ -106,8 +110,14 @@ def funnel(names: list[str], per_source: dict[str, dict[str, Any]], dedup: Manif
         stage("kept by filters", {s: {"documents": int(r["filter"].get("kept", 0)), "bytes": _kept_bytes(r["filter"])}
                                   for s, r in per_source.items()})
     token_rows = (tokens.stats.get("by_source") or {}) if tokens else {}
-    in_tokens = {s: {"documents": int(r.get("train_documents", 0)) + int(r.get("val_documents", 0)),
-                     "bytes": int(r.get("train_bytes", 0)) + int(r.get("val_bytes", 0))} for s, r in token_rows.items()}
+    if tokens is not None and tokens.kind == "samples":
+        in_tokens = {s: {"documents": int(r.get("train_samples", 0)) + int(r.get("val_samples", 0)),
+                         "bytes": int(r["train_bytes"]) + int(r.get("val_bytes", 0)) if "train_bytes" in r else None}
+                     for s, r in token_rows.items()}
+    else:
+        in_tokens = {s: {"documents": int(r.get("train_documents", 0)) + int(r.get("val_documents", 0)),
+                         "bytes": int(r.get("train_bytes", 0)) + int(r.get("val_bytes", 0))}
+                     for s, r in token_rows.items()}
     if dedup is not None:
         rows = {}
         for s, r in (dedup.stats.get("by_source") or {}).items():
@@ -116,7 +126,7 @@ def funnel(names: list[str], per_source: dict[str, dict[str, Any]], dedup: Manif
             rows[s] = {"documents": docs, "bytes": in_tokens[s]["bytes"] if same else None}
         stage("after dedup", rows)
     if in_tokens:
-        stage("in token shards", in_tokens)
+        stage("in sample shards" if tokens is not None and tokens.kind == "samples" else "in token shards", in_tokens)
     return stages
 
 
@@ -207,6 +217,15 @@ def knowledge_dates(names: list[str], tokens: Manifest | None, fallback: dict[st
             "val_by_source": {s: splits[s].get("val", DateStats()).as_dict() for s in order}}
 
 
+def sample_facts(samples: Manifest) -> dict[str, Any]:
+    """The samples manifest's headline counts: the split, samples dropped for having no caption, the labels and
+    the stored image size."""
+    stats, extra = samples.stats, samples.extra
+    return {"train_samples": stats.get("train_samples"), "val_samples": stats.get("val_samples"),
+            "no_caption": stats.get("no_caption"), "labels": len(extra.get("labels") or []),
+            "image_size": extra.get("image_size"), "modality": extra.get("modality")}
+
+
 def collect(recipe: Recipe) -> dict[str, Any]:
     """The data facts of the run under ``recipe``'s run root (the schema is in the evaluate step's docs)."""
     filtered = filtered_manifests(recipe)
@@ -221,14 +240,22 @@ def collect(recipe: Recipe) -> dict[str, Any]:
     licenses, fallback = _document_facts(dedup, want_dates, float(split.get("val_fraction",
                                                                             recipe.split.val_fraction)), recipe.seed)
     sources = {}
+    samples = tokens is not None and tokens.kind == "samples"
     for s in (n for n in names if n in token_rows or n in licenses):
         r = token_rows.get(s)  # None: a tokens manifest without per-source counts (older code) or none yet
+        if samples:  # an image run: samples per split, no tokens
+            counts = {k: (int(r.get(k, 0)) if r is not None else None) for k in ("train_samples", "val_samples")}
+            total = (counts["train_samples"] + counts["val_samples"] if r is not None
+                     else sum(licenses.get(s, {}).values()))
+            sources[s] = {"documents": total, "samples": total, **counts, "licenses": dict(licenses.get(s, {}))}
+            continue
         counts = {k: (int(r.get(k, 0)) if r is not None else None)
                   for k in ("train_documents", "val_documents", "train_tokens", "val_tokens")}
         documents = counts["train_documents"] + counts["val_documents"] if r is not None else \
             sum(licenses.get(s, {}).values())  # every deduplicated document reaches the token shards
         sources[s] = {"documents": documents, **counts, "licenses": dict(licenses.get(s, {}))}
     dedup_rows = (dedup.stats.get("by_source") or {}) if dedup else {}
+    extra = {"samples": sample_facts(tokens)} if samples else {}
     return {
         "sources": sources,
         "funnel": funnel(names, per_source, dedup, tokens),
@@ -247,5 +274,6 @@ def collect(recipe: Recipe) -> dict[str, Any]:
         else None,
         "curation": curation(names, per_source, dedup),
         "dates": knowledge_dates(names, tokens, fallback),
+        **extra,
     }
 

@@ -7,6 +7,10 @@ checkpoint of another run) is measured exactly as the run's own model was. Held-
 tokenizer: token shards read with another vocabulary measure nothing, so a model with a different tokenizer gets
 no held-out metrics and the report says why.
 
+A CLIP or ViT folder (an image run's export) is measured against a run root's samples manifest: retrieval and the
+linear probe as the evaluate step does (``pretrain.evaluate.contrastive``); retrieval needs the run's tokenizer
+(the captions are stored as its token ids), else it is skipped and the report says why.
+
 The report has the evaluate step's schema (``pretrain.evaluate.step``) and is written as report.json, report.md
 and report.html; nothing is written when any part fails, so a partial report never looks complete.
 """
@@ -172,7 +176,16 @@ def evaluate_model(model_url: str, out: str | None = None, options: EvaluateOpti
     nothing to evaluate."""
     opts = options or EvaluateOptions()
     out = out or default_out(model_url)
-    objective = model_objective(model_url)
+    kind = vision_model_type(model_url)
+    if kind is not None and opts.run_root:
+        return _evaluate_vision(model_url, kind, out, opts)
+    try:
+        objective = model_objective(model_url)
+    except ModelError as err:
+        if kind is None:
+            raise
+        raise ModelError(f"{err}; a {kind} model is evaluated on a pretrain image run's samples: name the run with "
+                         "--run-root") from None
     local = storage.local_copy(model_url)
     notes: list[str] = []
     recipe = load_run_recipe(opts.run_root) if opts.run_root else None
@@ -214,6 +227,47 @@ def evaluate_model(model_url: str, out: str | None = None, options: EvaluateOpti
         "recipe": recipe.name if recipe else Path(local).name, "objective": objective, "model": model_url,
         "run_root": recipe.root if recipe else None, "metrics": metrics, "tasks": results, "samples": samples,
         "data": data, "notes": notes, "out": out}
+    write_report(report, out)
+    return report
+
+
+VISION_OBJECTIVES = {"clip": "image_text_contrastive", "vit": "image_contrastive"}
+
+
+def vision_model_type(model_url: str) -> str | None:
+    """``clip`` or ``vit`` for an image run's exported folder (its config.json's model_type), else None."""
+    import json
+
+    try:
+        config = json.loads(storage.read_text(storage.join(model_url, "config.json")))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if kind in VISION_OBJECTIVES else None
+
+
+def _evaluate_vision(model_url: str, kind: str, out: str, opts: EvaluateOptions) -> dict[str, Any]:
+    """Retrieval and the linear probe of a CLIP / ViT folder on a run root's samples (on the CPU)."""
+    from pretrain.data.facts import collect
+    from pretrain.evaluate.contrastive import evaluate_model as measure
+
+    recipe = load_run_recipe(str(opts.run_root))
+    samples = _manifest(recipe.url("tokens"))
+    if samples is None or samples.kind != "samples":
+        raise ValueError(f"{model_url}: the run root {recipe.root} has no samples manifest (an image run's tokenize "
+                         "step writes it)")
+    notes: list[str] = []
+    retrieval = kind == "clip" and samples.extra.get("modality") == "image_text"
+    if retrieval and (why := tokenizer_mismatch(model_url, samples)) is not None:
+        notes.append(f"Retrieval skipped: {why}.")
+        retrieval = False
+    images = measure(storage.local_copy(model_url), samples, pool=recipe.evaluate.retrieval_pool,
+                     probe=recipe.evaluate.probe, seed=recipe.seed,
+                     batch=max(opts.batch_size, recipe.evaluate.batch_size), retrieval=retrieval)
+    report: dict[str, Any] = {
+        "recipe": recipe.name, "objective": VISION_OBJECTIVES[kind], "modality": images["modality"],
+        "model": model_url, "run_root": recipe.root, "images": images, "metrics": None, "tasks": {}, "samples": [],
+        "data": collect(recipe), "notes": notes + list(images["notes"]), "out": out}
     write_report(report, out)
     return report
 
@@ -262,9 +316,21 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         for name, r in sorted(tasks.items()):
             lines.append(f"  {name:<{width}}  {_fmt(r.get('accuracy'), True):>8}  {_fmt(r.get('chance'), True):>8}  "
                          f"{_fmt(r.get('items')):>6}")
+    images = report.get("images") or {}
+    r, p = images.get("retrieval") or {}, images.get("probe") or {}
+    if r.get("trained"):
+        lines.append(f"  {'retrieval (pool ' + str(r.get('pool')) + ')':<24}  {'trained':>8}  {'untrained':>9}  "
+                     f"{'chance':>8}")
+        for d, k in (("i2t", 1), ("i2t", 5), ("t2i", 1), ("t2i", 5)):
+            lines.append(f"  {d + ' recall@' + str(k):<24}  {_fmt(r['trained'].get(f'{d}_recall_at_{k}'), True):>8}  "
+                         f"{_fmt((r.get('untrained') or {}).get(f'{d}_recall_at_{k}'), True):>9}  "
+                         f"{_fmt((r.get('chance') or {}).get(f'recall_at_{k}'), True):>8}")
+    if p.get("trained"):
+        lines.append(f"  {'linear probe accuracy':<24}  {_fmt(p['trained'].get('accuracy'), True):>8}  "
+                     f"{_fmt((p.get('untrained') or {}).get('accuracy'), True):>9}  {_fmt(p.get('chance'), True):>8}")
     lines += [f"  note: {n}" for n in report.get("notes") or []]
     return lines
 
 
 __all__ = ["EvaluateOptions", "default_out", "evaluate_model", "load_run_recipe", "summary_lines",
-           "tokenizer_mismatch", "write_report"]
+           "tokenizer_mismatch", "vision_model_type", "write_report"]

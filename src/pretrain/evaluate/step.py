@@ -5,6 +5,10 @@ built from validation documents and decontaminated against the train split (``ta
 by pseudo-log-likelihood for a masked LM, ``harness``), samples, and the data facts of the run
 (``pretrain.data.facts``). The report (JSON, Markdown, one self-contained HTML page) is written first and the
 manifest last; the exported folder's model card is then rewritten with the results.
+
+An image run (``recipe.modality`` image or image_text) is measured by ``pretrain.evaluate.contrastive`` instead:
+zero-shot retrieval (image_text) and a linear probe on frozen features, each for the trained model, an untrained
+model of the same shape and chance; its metrics have flat names (``retrieval_i2t_recall_at_1``, ...).
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ def pipeline_stats(recipe: Recipe) -> dict[str, object]:
     out["documents kept by filters"] = filtered.get("kept")
     out["duplicates removed (exact + fuzzy)"] = dedup.stats.get("duplicates")
     out["documents after dedup"] = dedup.stats.get("documents_out")
+    if tokens.kind == "samples":  # an image run
+        out["train samples"] = tokens.stats.get("train_samples")
+        out["validation samples"] = tokens.stats.get("val_samples")
+        out["samples without a caption (left out)"] = tokens.stats.get("no_caption")
+        return out
     out["train tokens"] = tokens.stats.get("train_tokens")
     out["validation tokens"] = tokens.stats.get("val_tokens")
     return out
@@ -91,6 +100,8 @@ def task_accuracy(recipe: Recipe, model_dir: str) -> tuple[dict[str, Any], str |
 def evaluate(
     recipe: Recipe, model_manifest: Manifest, tokens: Manifest, checkpoints: Manifest | None = None
 ) -> Manifest:
+    if recipe.modality != "text":
+        return evaluate_images(recipe, model_manifest, tokens, checkpoints)
     root = recipe.url("evaluate")
     masking = ("masked_lm", recipe.train.mask_probability) if recipe.train.objective == "masked_lm" else ()
     fp = fingerprint(recipe.evaluate.model_dump(), model_manifest.fingerprint, tokens.fingerprint, *masking)
@@ -138,6 +149,39 @@ def evaluate(
     return result
 
 
+def evaluate_images(recipe: Recipe, model_manifest: Manifest, samples: Manifest,
+                    checkpoints: Manifest | None = None) -> Manifest:
+    """An image run's evaluation (``samples``: the tokenize step's samples manifest): retrieval and the linear
+    probe against an untrained twin and chance, then the report and the card, as for text."""
+    from pretrain.evaluate.contrastive import evaluate_model, flat_metrics
+
+    root = recipe.url("evaluate")
+    fp = fingerprint(recipe.evaluate.model_dump(), model_manifest.fingerprint, samples.fingerprint, recipe.modality,
+                     recipe.seed)
+    if (done := reuse(root, fp)) is not None:
+        return done
+    cfg = recipe.evaluate
+    images = evaluate_model(storage.local_copy(model_manifest.root), samples, pool=cfg.retrieval_pool,
+                            probe=cfg.probe, seed=recipe.seed, batch=cfg.batch_size)
+    report = {"recipe": recipe.name, "objective": recipe.train.objective, "modality": recipe.modality,
+              "images": images, "metrics": {}, "tasks": {}, "notes": list(images["notes"]), "samples": [],
+              "train": checkpoints.stats if checkpoints else {},
+              "history": checkpoints.extra.get("history", []) if checkpoints else [],
+              "data": data_facts(recipe, checkpoints), "ledger": data_ledger(recipe), "steps": pipeline_stats(recipe)}
+    markdown, html = render_markdown(report), render_html(report)
+    storage.write_text(storage.join(root, "report.md"), markdown)
+    storage.write_text(storage.join(root, "report.html"), html)
+    storage.write_json(storage.join(root, "report.json"), report)
+    write_card(recipe, model_manifest, report)
+    result = Manifest(kind="evaluation", root=root, fingerprint=fp, stats=flat_metrics(images),
+                      config=cfg.model_dump(),
+                      extra={"report_html": storage.join(root, "report.html"),
+                             "report_md": storage.join(root, "report.md"),
+                             "images": {k: v for k, v in images.items() if k != "examples"}})
+    result.save()
+    return result
+
+
 def write_card(recipe: Recipe, model_manifest: Manifest, report: dict[str, Any]) -> None:
     """The exported folder's README.md again, now with the evaluation results (model-index too)."""
     from transformers import AutoConfig
@@ -148,5 +192,5 @@ def write_card(recipe: Recipe, model_manifest: Manifest, report: dict[str, Any])
     config = AutoConfig.from_pretrained(local)
     card = render_card(recipe, config, parameters=int(model_manifest.stats["parameters"]), train=report["train"],
                        history=report["history"], data=report["data"], metrics=report["metrics"],
-                       tasks=report["tasks"])
+                       tasks=report["tasks"], images=report.get("images"))
     storage.write_text(storage.join(model_manifest.root, "README.md"), card)  # atomic: the old or the new card

@@ -1,5 +1,7 @@
 """The exported model's ``README.md``: a Hugging Face model card with metadata, written from what the run recorded.
 
+An image run's card is ``pretrain.model.card_images``.
+
 YAML front matter (``library_name``, ``pipeline_tag``, ``tags``, ``license`` when every training document carries
 the same one, and ``model-index`` with the evaluation results) and sections: the model, tokenizer, training,
 compute, hardware, lineage, data, knowledge cutoff, data curation with its known limits, and evaluation.
@@ -146,14 +148,20 @@ def model_index(name: str, objective: str, metrics: dict[str, Any] | None,
 def render_card(recipe: Recipe, config, *, parameters: int, train: dict[str, Any] | None = None,
                 history: list[dict[str, Any]] | None = None, data: dict[str, Any] | None = None,
                 metrics: dict[str, Any] | None = None, tasks: dict[str, Any] | None = None,
-                lineage_info: dict[str, Any] | None = None) -> str:
+                lineage_info: dict[str, Any] | None = None, images: dict[str, Any] | None = None) -> str:
     """README.md text for the exported model folder.
 
     ``config``: the model's ``transformers`` config; ``train``: the checkpoints manifest's stats (steps,
     world_size, device, final_val_loss, ..., ``wall_seconds`` when recorded); ``history``: train/metrics.jsonl
     rows; ``data``: ``pretrain.data.facts.collect``; ``metrics`` / ``tasks``: the evaluation's held-out
     results and task accuracies (None before evaluation); ``lineage_info``: ``lineage(recipe)`` by default.
+    An image run's card (``render_image_card``) takes ``images``, the evaluation's retrieval and probe results.
     """
+    if recipe.modality != "text":
+        from pretrain.model.card_images import render_image_card
+
+        return render_image_card(recipe, config, parameters=parameters, train=train, history=history, data=data,
+                                 images=images, lineage_info=lineage_info)
     train = train or {}
     objective = recipe.train.objective
     pipeline, kind, auto = PIPELINES[objective]
@@ -215,8 +223,6 @@ def _training(recipe: Recipe, config, train: dict[str, Any], history: list[dict[
     per_token = flops_per_token(config, recipe.model.seq_len, t.objective, t.mask_probability)
     total = per_token * tokens if tokens is not None else None
     seconds, how = training_seconds(train, history)
-    device = train.get("device")
-    unit = {"cuda": "GPU-hours", "cpu": "CPU process-hours"}.get(str(device), "device-hours")
     rows = [["objective", t.objective + (f" ({t.mask_probability:.0%} of tokens masked)" if t.objective == "masked_lm"
                                          else "")],
             ["steps", _n(train.get("steps"))], ["tokens trained", _n(tokens)],
@@ -229,11 +235,24 @@ def _training(recipe: Recipe, config, train: dict[str, Any], history: list[dict[
         rows.append(["continued from", f"`{recipe.model.init_from}`"])
     compute = [["training FLOPs per token", f"{per_token:.3e} (matmuls, forward + backward)"],
                ["training FLOPs", flops_text(total) + (" (FLOPs per token x tokens trained)" if total else "")],
-               ["wall-clock training time", f"{seconds / 3600:.3f} h ({how})" if seconds is not None else NOT_RECORDED],
-               [unit, f"{seconds * world / 3600:.3f} ({world} devices x wall)" if seconds is not None
-                else NOT_RECORDED]]
-    hardware = [["device", str(device or NOT_RECORDED)], ["devices", f"{world} ({t.nnodes} node(s) x "
-                                                                     f"{t.nproc_per_node} per node)"]]
+               *_time_rows(train, seconds, how, world)]
+    return ["## Training", "", *_table(["", ""], rows), "", "## Compute", "", *_table(["", ""], compute), "",
+            *_hardware_lineage(recipe, train, world, info)]
+
+
+def _time_rows(train: dict[str, Any], seconds: float | None, how: str, world: int) -> list[list[str]]:
+    """Wall-clock training time and device-hours (as recorded, else the logged step times added up)."""
+    unit = {"cuda": "GPU-hours", "cpu": "CPU process-hours"}.get(str(train.get("device")), "device-hours")
+    return [["wall-clock training time", f"{seconds / 3600:.3f} h ({how})" if seconds is not None else NOT_RECORDED],
+            [unit, f"{seconds * world / 3600:.3f} ({world} devices x wall)" if seconds is not None
+             else NOT_RECORDED]]
+
+
+def _hardware_lineage(recipe: Recipe, train: dict[str, Any], world: int, info: dict[str, Any]) -> list[str]:
+    """The Hardware and Lineage sections (any objective)."""
+    t = recipe.train
+    hardware = [["device", str(train.get("device") or NOT_RECORDED)],
+                ["devices", f"{world} ({t.nnodes} node(s) x {t.nproc_per_node} per node)"]]
     if train.get("device_name"):
         hardware.append(["device model", str(train["device_name"])])
     if train.get("peak_flops_source"):
@@ -246,8 +265,7 @@ def _training(recipe: Recipe, config, train: dict[str, Any], history: list[dict[
                     ["image digest", f"`{info['image_digest']}`" if info.get("image_digest") else
                      ("-" if not info.get("image") else NOT_RECORDED)],
                     ["resolved recipe", f"`{info.get('recipe') or 'recipe.json'}` in this folder"]]
-    return ["## Training", "", *_table(["", ""], rows), "", "## Compute", "", *_table(["", ""], compute), "",
-            "## Hardware", "", *_table(["", ""], hardware), "", "## Lineage", "", *_table(["", ""], lineage_rows), ""]
+    return ["## Hardware", "", *_table(["", ""], hardware), "", "## Lineage", "", *_table(["", ""], lineage_rows), ""]
 
 
 def _data(data: dict[str, Any] | None) -> list[str]:

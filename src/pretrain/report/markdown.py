@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pretrain.report.sections import Code, Note, Plot, Section, Table, build, unavailable
+from pretrain.report.sections import Code, Gallery, Note, Plot, Section, Table, build, unavailable
 
 MAX_CELL = 160  # document text in a table cell: an excerpt, the HTML report shows more
 
@@ -43,6 +43,9 @@ def section(s: Section) -> list[str]:
             out += [f"_Plot in the HTML report: {b.title}._", ""]
         elif isinstance(b, Code):
             out += [f"**{b.title.replace('*', '')}**", "", _fence(b.text), ""]
+        elif isinstance(b, Gallery):
+            rows = [[str(i), *(b.items[i - 1][1] + ["", ""])[:2]] for i in range(1, len(b.items) + 1)]
+            out += ["_Images in the HTML report._", "", table(Table(["#", "", ""], rows, pre=frozenset({1, 2}))), ""]
     return out
 
 

@@ -1,4 +1,5 @@
-"""The evaluation report as ONE self-contained HTML page: inline CSS and SVG, no script, no external URL.
+"""The evaluation report as ONE self-contained HTML page: inline CSS and SVG, no script, no external URL
+(an image run's example images are inline ``data:image/...;base64`` URIs, nothing else).
 
 It is the KFP ``HTML`` artifact (shown in an iframe by the KFP UI) and ``evaluate/report.html``.
 """
@@ -10,7 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pretrain.report.sections import Code, Note, Plot, Section, Table, build, heldout, unavailable
+from pretrain.report.images import safe_uri
+from pretrain.report.sections import Code, Gallery, Note, Plot, Section, Table, build, heldout, unavailable
 
 CSS = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222}
@@ -23,6 +25,9 @@ pre.excerpt{max-height:9em;overflow:auto;font-size:.85em;margin:0;padding:4px}
 svg.plot{display:block;margin:.8em 0;max-width:100%;height:auto;border:1px solid #eee}
 p.missing{color:#8a5300;background:#fff8e6;border-left:4px solid #e69f00;padding:4px 8px}
 nav a{margin-right:1em}
+div.gallery{display:flex;flex-wrap:wrap;gap:10px}
+div.gallery figure{margin:0;width:150px;font-size:.8em}
+div.gallery img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ddd}
 """
 
 
@@ -52,6 +57,16 @@ def table(t: Table) -> str:
         "</tbody></table>"
 
 
+def gallery(g: Gallery) -> str:
+    """Figures of inline images with their caption lines; an item without an inline image shows its lines only."""
+    figures = []
+    for uri, lines in g.items:
+        img = f'<img src="{html.escape(uri)}" alt="{html.escape(lines[0] if lines else "")}">' if safe_uri(uri) else ""
+        caption = "<br>".join(html.escape(line) for line in lines)
+        figures.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+    return '<div class="gallery">' + "".join(figures) + "</div>"
+
+
 def section(s: Section) -> str:
     out = [f'<section id="{html.escape(s.id)}"><h{s.level}>{html.escape(s.title)}</h{s.level}>']
     for b in s.blocks:
@@ -64,6 +79,8 @@ def section(s: Section) -> str:
             out.append(f"<figure>{b.svg}</figure>")
         elif isinstance(b, Code):
             out.append(f"<h4>{html.escape(b.title)}</h4><pre>{html.escape(b.text)}</pre>")
+        elif isinstance(b, Gallery):
+            out.append(gallery(b))
     return "".join(out) + "</section>"
 
 
@@ -72,6 +89,8 @@ def embedded_json(report: Mapping[str, Any]) -> str:
     overall, by_source = heldout(report)
     data = {"recipe": report.get("recipe"), "objective": report.get("objective"), "metrics": overall,
             "by_source": by_source, "tasks": report.get("tasks") or {}, "train": report.get("train") or {}}
+    if isinstance(report.get("images"), Mapping):  # an image run: its results, without the example images
+        data["images"] = {k: v for k, v in report["images"].items() if k != "examples"}
     return json.dumps(data, default=str, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e")
 
 

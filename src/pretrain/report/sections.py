@@ -2,7 +2,8 @@
 
 Built once from the report dict (schema: ``pretrain.evaluate.step``), so the two outputs never disagree. Every
 part of the dict may be missing or None (a run stopped early, a masked LM with no samples, a report from an older
-version): its section then says "not available" instead of failing.
+version): its section then says "not available" instead of failing. An image run's report (``modality`` image or
+image_text, with an ``images`` part) has its own results sections (``pretrain.report.images``) and counts samples.
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ class Code:
 
 
 @dataclass
+class Gallery:
+    """Images with caption lines (HTML only: Markdown lists the captions). ``uri``: a ``data:image/...;base64``
+    URI, the only kind the page embeds (anything else is left out, so the page stays self-contained)."""
+
+    items: list[tuple[str, list[str]]]
+
+
+@dataclass
 class Section:
     id: str
     title: str
     level: int = 2
-    blocks: list[Table | Note | Plot | Code] = field(default_factory=list)
+    blocks: list[Table | Note | Plot | Code | Gallery] = field(default_factory=list)
 
     def missing(self, what: str) -> Section:
         self.blocks.append(Note(f"Not available: {what}.", missing=True))
@@ -155,15 +164,20 @@ def summary(report: Mapping[str, Any]) -> Section:
     return s
 
 
-def training(report: Mapping[str, Any]) -> Section:
+def training(report: Mapping[str, Any], optional: frozenset[str] = frozenset()) -> Section:
+    """Loss, learning rate, throughput and MFU over steps; a chart without values says so unless its id is in
+    ``optional`` (MFU of an image run, whose FLOPs need not be counted)."""
     s = Section("training", "Training")
     hist = report.get("history")
     if not hist:
         return s.missing("training history (train/metrics.jsonl)")
+    tokens, samples = series(hist, "tokens_per_second"), series(hist, "samples_per_second")  # text / image runs
+    rate = ({"tokens/s": tokens}, "tokens per second") if tokens or not samples else \
+        ({"samples/s": samples}, "samples per second")
     charts = (
         ("plot-loss", "Loss", {"train": series(hist, "loss"), "validation": series(hist, "val_loss")}, "loss"),
         ("plot-lr", "Learning rate", {"lr": series(hist, "lr")}, "learning rate"),
-        ("plot-throughput", "Throughput", {"tokens/s": series(hist, "tokens_per_second")}, "tokens per second"),
+        ("plot-throughput", "Throughput", *rate),
         ("plot-mfu", "Model FLOPs utilization", {"MFU": series(hist, "mfu", 100.0)}, "MFU (% of peak)"),
     )
     for plot_id, title, data, y_label in charts:
@@ -171,7 +185,7 @@ def training(report: Mapping[str, Any]) -> Section:
                                y_label=y_label)
         if chart:
             s.blocks.append(Plot(chart, title))
-        else:
+        elif plot_id not in optional:
             s.missing(f"{title.lower()} (no such values in the training history)")
     return s
 
@@ -236,6 +250,12 @@ def sources(data: Mapping[str, Any]) -> Section:
     src = _dict(data.get("sources"))
     if not src:
         return s.missing("per-source document and token counts")
+    if any("train_samples" in _dict(r) for r in src.values()):  # an image run
+        rows = [[n, fmt(r.get("samples")), fmt(r.get("train_samples")), fmt(r.get("val_samples")),
+                 fmt(_dict(r.get("licenses")))] for n, r in ((n, _dict(r)) for n, r in sorted(src.items()))]
+        s.blocks.append(Table(["source", "samples", "train samples", "validation samples", "licences (samples)"],
+                              rows))
+        return s
     rows = [[n, fmt(r.get("documents")), fmt(r.get("train_tokens")), fmt(r.get("val_tokens")),
              fmt(_dict(r.get("licenses")))] for n, r in ((n, _dict(r)) for n, r in sorted(src.items()))]
     s.blocks.append(Table(["source", "documents", "train tokens", "validation tokens", "licences (documents)"],
@@ -243,13 +263,14 @@ def sources(data: Mapping[str, Any]) -> Section:
     return s
 
 
-def funnel(data: Mapping[str, Any], srcs: list[str]) -> Section:
+def funnel(data: Mapping[str, Any], srcs: list[str], noun: str = "documents") -> Section:
+    """``noun``: what the rows count (``samples`` in an image run; the data keeps the key ``documents``)."""
     s = Section("data-funnel", "Data funnel", 3)
     stages = [_dict(st) for st in data.get("funnel") or [] if isinstance(st, Mapping)]
     if not stages:
-        return s.missing("the data funnel (documents and bytes per step and source)")
+        return s.missing(f"the data funnel ({noun} and bytes per step and source)")
     names = [str(st.get("stage", f"stage {i}")) for i, st in enumerate(stages)]
-    for unit, plot_id, label in (("documents", "plot-funnel-documents", "documents"),
+    for unit, plot_id, label in (("documents", "plot-funnel-documents", noun),
                                  ("bytes", "plot-funnel-bytes", "bytes")):
         values = {src: [_num(_dict(_dict(st.get("by_source")).get(src)).get(unit)) for st in stages] for src in srcs}
         chart = svg.bar_chart(names, values, plot_id=plot_id, title=f"Data funnel: {label} per step and source",
@@ -268,11 +289,11 @@ def funnel(data: Mapping[str, Any], srcs: list[str]) -> Section:
             docs, base = _num(r.get("documents")), first.get(src)
             rows.append([name, src, fmt(r.get("documents")), human_bytes(r.get("bytes")),
                          pct(docs / base) if docs is not None and base else "-"])
-    s.blocks.append(Table(["step", "source", "documents", "bytes", f"of {names[0]}"], rows))
+    s.blocks.append(Table(["step", "source", noun, "bytes", f"of {names[0]}"], rows))
     return s
 
 
-def drops(data: Mapping[str, Any], srcs: list[str]) -> Section:
+def drops(data: Mapping[str, Any], srcs: list[str], noun: str = "documents") -> Section:
     s = Section("data-drops", "Drops per rule", 3)
     d = _dict(data.get("drops"))
     if not d:
@@ -281,17 +302,17 @@ def drops(data: Mapping[str, Any], srcs: list[str]) -> Section:
     values = ({src: [_num(_dict(_dict(d[r]).get("by_source")).get(src)) for r in rules] for src in srcs}
               if any(_dict(_dict(d[r]).get("by_source")) for r in rules)
               else {"documents": [_num(_dict(d[r]).get("documents")) for r in rules]})
-    chart = svg.bar_chart(rules, values, plot_id="plot-drops", title="Documents dropped per rule",
-                          value_label="documents", stacked=True)
+    title = f"{noun.capitalize()} dropped per rule"
+    chart = svg.bar_chart(rules, values, plot_id="plot-drops", title=title, value_label=noun, stacked=True)
     if chart:
-        s.blocks.append(Plot(chart, "Documents dropped per rule"))
+        s.blocks.append(Plot(chart, title))
     rows = []
     for r in rules:
         row, sample = _dict(d[r]), _dict(_dict(d[r]).get("sample"))
         rows.append([r, fmt(row.get("documents")), fmt(_dict(row.get("by_source"))),
                      f"{sample.get('source', '?')} / {sample.get('id', '?')}" if sample else "-",
                      fmt(sample.get("value")) if sample else "-", str(sample.get("text", "")) if sample else "-"])
-    s.blocks.append(Table(["rule", "documents", "by source", "sample (source / id)", "value", "sample text"], rows,
+    s.blocks.append(Table(["rule", noun, "by source", "sample (source / id)", "value", "sample text"], rows,
                           pre=frozenset({5})))
     return s
 
@@ -422,6 +443,10 @@ def samples(report: Mapping[str, Any]) -> Section:
 
 def build(report: Mapping[str, Any]) -> list[Section]:
     """Every section of the report, in reading order: results first, then how the data got there."""
+    if is_image(report):
+        from pretrain.report.images import build_image
+
+        return build_image(report)
     data, srcs = data_part(report), all_sources(report)
     out = [summary(report), training(report), heldout_section(report), tasks(report),
            Section("data", "Data"), sources(data), funnel(data, srcs), drops(data, srcs), duplicates(data),
@@ -430,6 +455,11 @@ def build(report: Mapping[str, Any]) -> list[Section]:
         out.append(steps)
     out.append(samples(report))
     return out
+
+
+def is_image(report: Mapping[str, Any]) -> bool:
+    """An image run's report (its own results sections, counts of samples)."""
+    return report.get("modality") in ("image", "image_text") or isinstance(report.get("images"), Mapping)
 
 
 def unavailable(sections: list[Section]) -> list[str]:
