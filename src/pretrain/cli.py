@@ -76,12 +76,29 @@ def summary(recipe: Recipe) -> dict:
         "final train loss": train.stats.get("final_train_loss"),
         "val loss at step 0": train.stats.get("initial_val_loss"),
         "final val loss": train.stats.get("final_val_loss"),
-        "held-out loss": evaluation.stats.get("loss"),
-        "perplexity": evaluation.stats.get("perplexity"),
-        "bits per byte": evaluation.stats.get("bits_per_byte"),
+        **(_image_results(evaluation.stats) if recipe.modality != "text" else {
+            "held-out loss": evaluation.stats.get("loss"),
+            "perplexity": evaluation.stats.get("perplexity"),
+            "bits per byte": evaluation.stats.get("bits_per_byte")}),
         "model": recipe.url("model"),
         "report": evaluation.extra.get("report_html"),
     }
+
+
+def _image_results(stats: dict) -> dict:
+    """An image run's closing figures: retrieval (image-text) and the linear probe, each beside what chance and
+    an untrained model of the same shape score."""
+    shown = {}
+    if "retrieval_recall_at_1" in stats:
+        shown["recall@1 (image<->text)"] = stats["retrieval_recall_at_1"]
+        shown["  untrained / chance"] = (f"{stats.get('untrained_retrieval_recall_at_1', 0):.4f} / "
+                                         f"{stats.get('retrieval_recall_at_1_chance', 0):.4f}")
+        shown["recall@5 (image<->text)"] = stats.get("retrieval_recall_at_5")
+    if "probe_accuracy" in stats:
+        shown["linear probe accuracy"] = stats["probe_accuracy"]
+        shown["  untrained / chance "] = (f"{stats.get('untrained_probe_accuracy', 0):.4f} / "
+                                          f"{stats.get('probe_chance', 0):.4f}")
+    return shown
 
 
 def _print_summary(result: dict, elapsed: float, recipe: Recipe | None = None) -> None:
