@@ -426,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\npretrain: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
+    except Exception as err:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        if not isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+            raise
+        print(f"pretrain: error: S3 credentials: {err}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+              "AWS_ENDPOINT_URL for MinIO or another S3 server) in the environment", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

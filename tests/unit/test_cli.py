@@ -62,3 +62,14 @@ def test_job_refuses_the_local_launcher_and_a_local_run_root(capsys):
     assert "train.launcher is local" in capsys.readouterr().err
     assert cli.main(["job", "tiny", "train.launcher=pytorchjob", "--no-write-recipe"]) == 2
     assert "cannot reach a local run root" in capsys.readouterr().err
+
+
+def test_missing_s3_credentials_are_a_clear_error_not_a_traceback(monkeypatch, tmp_path, capsys):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = cli.main(["job", "tiny", "run_root=s3://bucket/runs/x", "train.launcher=pytorchjob"])
+    err = capsys.readouterr().err
+    assert code == 2 and "S3 credentials" in err and "AWS_ACCESS_KEY_ID" in err and "Traceback" not in err
