@@ -626,8 +626,9 @@ class AugmentConfig(_Strict):
     """Image augmentations (plain torch, on the batch; drawn from the seed and step, so a resume is exact).
 
     ``None`` takes the objective's default: image_contrastive uses SimCLR's strong set (crop 0.2-1, flip,
-    colour jitter 0.4 at p 0.8, grey at p 0.2, blur at p 0.5); image_text_contrastive only crops gently
-    (0.8-1), as captions may name colours and sides that a flip or a jitter would make false."""
+    colour jitter 0.4 at p 0.8, grey at p 0.2, blur at p 0.5; no blur below 64 px, as SimCLR on CIFAR-10);
+    image_text_contrastive only crops gently (0.8-1), as captions may name colours and sides that a flip or a
+    jitter would make false."""
 
     crop_scale: tuple[Fraction, Fraction] | None = None  # random resized crop: the area kept, min and max
     flip: bool | None = None  # horizontal flip at p 0.5

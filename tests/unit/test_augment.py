@@ -121,3 +121,13 @@ def test_defaults_per_objective_and_overrides(objective):
         assert got.crop_scale == (0.2, 1.0) and got.flip and got.color_jitter == 0.4 and math.isclose(got.blur, 0.5)
     tuned = resolve(AugmentConfig(flip=False, crop_scale=(0.5, 0.9)), objective)
     assert not tuned.flip and tuned.crop_scale == (0.5, 0.9) and tuned.grayscale == got.grayscale
+
+
+def test_simclr_blurs_no_small_image_by_default_but_a_recipe_may_ask():
+    from pretrain.config import AugmentConfig
+    from pretrain.train.augment import resolve
+
+    assert resolve(AugmentConfig(), "image_contrastive", image_size=32).blur == 0.0  # SimCLR's CIFAR setting
+    assert resolve(AugmentConfig(), "image_contrastive", image_size=224).blur == 0.5
+    assert resolve(AugmentConfig(blur=0.3), "image_contrastive", image_size=32).blur == 0.3
+    assert resolve(AugmentConfig(), "image_text_contrastive", image_size=224).blur == 0.0

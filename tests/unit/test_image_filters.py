@@ -115,7 +115,7 @@ def test_counts_add_up_and_the_ledger_balances(filtered):
                                       "gibberish.max_score": 1, "toxic.max_fraction": 1}
     # a sample's bytes: its caption's and its stored image's (the data funnel counts both)
     assert s["bytes_in"] == sum(len(row["text"].encode()) + len(row["image"]) for row, _, _ in CASES)
-    redaction = len(CASES[9][0]["text"].encode()) - len("write to <EMAIL> about the red square".encode())
+    redaction = len(CASES[9][0]["text"].encode()) - len(b"write to <EMAIL> about the red square")
     assert s["bytes_kept"] + sum(s["bytes_dropped_by_reason"].values()) == s["bytes_in"] - redaction
     assert out.extra["ingest_stats"] == docs.stats
     book = ledger.build([out], {"pics": {"duplicates": 1}})

@@ -31,10 +31,11 @@ def pipeline_stats(recipe: Recipe) -> dict[str, object]:
     except FileNotFoundError:
         return out
     filtered = dedup.extra.get("filter_stats", {})
-    out["documents in"] = filtered.get("documents_in")
-    out["documents kept by filters"] = filtered.get("kept")
+    unit = "samples" if tokens.kind == "samples" else "documents"
+    out[f"{unit} in"] = filtered.get("documents_in")
+    out[f"{unit} kept by filters"] = filtered.get("kept")
     out["duplicates removed (exact + fuzzy)"] = dedup.stats.get("duplicates")
-    out["documents after dedup"] = dedup.stats.get("documents_out")
+    out[f"{unit} after dedup"] = dedup.stats.get("documents_out")
     if tokens.kind == "samples":  # an image run
         out["train samples"] = tokens.stats.get("train_samples")
         out["validation samples"] = tokens.stats.get("val_samples")

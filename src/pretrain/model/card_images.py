@@ -33,7 +33,7 @@ IMAGE_PIPELINES = {
                           "ViTModel"),
 }
 DEFAULT_AUGMENT = {"image_contrastive": "random resized crop (area 0.2-1), horizontal flip, colour jitter 0.4 at "
-                                        "p 0.8, greyscale at p 0.2, Gaussian blur at p 0.5",
+                                        "p 0.8, greyscale at p 0.2, Gaussian blur at p 0.5 (none under 64 px)",
                    "image_text_contrastive": "random resized crop (area 0.8-1) only: captions may name colours and "
                                              "sides that a flip or a jitter would make false"}
 DIRECTIONS = (("i2t", "image -> text"), ("t2i", "text -> image"))

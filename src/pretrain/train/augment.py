@@ -18,7 +18,7 @@ seed, the micro-step, the rank and the view), so views do not depend on the devi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +57,15 @@ DEFAULTS = {"image_contrastive": Augment(),
 NONE = Augment(crop_scale=(1.0, 1.0), flip=False, color_jitter=0.0, grayscale=0.0, blur=0.0)
 
 
-def resolve(cfg: AugmentConfig, objective: str) -> Augment:
-    """``train.augment`` with each unset key taken from the objective's default."""
+SMALL_IMAGES = 64  # below this side SimCLR blurs no view (its CIFAR setting): a blur erases a small picture's shapes
+
+
+def resolve(cfg: AugmentConfig, objective: str, image_size: int | None = None) -> Augment:
+    """``train.augment`` with each unset key taken from the objective's default (SimCLR: no blur for images
+    smaller than ``SMALL_IMAGES``, as in its CIFAR-10 setting)."""
     base = DEFAULTS[objective]
+    if objective == "image_contrastive" and image_size is not None and image_size < SMALL_IMAGES:
+        base = replace(base, blur=0.0)
     given = {k: v for k, v in cfg.model_dump().items() if v is not None}
     if "crop_scale" in given:
         given["crop_scale"] = (float(given["crop_scale"][0]), float(given["crop_scale"][1]))

@@ -157,7 +157,8 @@ class ContrastiveModule(nn.Module):
     def from_recipe(cls, model: nn.Module, recipe) -> ContrastiveModule:
         t = recipe.train
         return cls(model, t.objective, temperature=t.temperature, gather=t.gather_negatives,
-                   augment=resolve(t.augment, t.objective), image_size=recipe.model.image_size,
+                   augment=resolve(t.augment, t.objective, recipe.model.image_size),
+                   image_size=recipe.model.image_size,
                    projection_dim=recipe.model.projection_dim)
 
     def reset(self, seed: int) -> None:
