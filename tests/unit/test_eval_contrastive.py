@@ -15,16 +15,9 @@ import torch
 from PIL import Image
 
 from pretrain.config import RecipeError, resolve, validate
-from pretrain.evaluate.contrastive import (
-    evaluate_encoders,
-    evaluate_model,
-    flat_metrics,
-    knn_accuracy,
-    linear_probe,
-    load_images,
-    recall_at,
-    retrieval_pools,
-)
+from pretrain.evaluate.contrastive import evaluate_encoders, evaluate_model, flat_metrics, load_images
+from pretrain.evaluate.probe import knn_accuracy, linear_probe
+from pretrain.evaluate.retrieval import recall_at, retrieval_pools
 from pretrain.manifest import Manifest, Shard
 
 EOS, PAD, FIRST = 0, 1, 3  # caption token ids: colour k is token FIRST + k

@@ -1,7 +1,9 @@
 """Evaluation of an image run's model: zero-shot retrieval and a linear probe on frozen features.
 
-Both are measured for the exported model, for an untrained model of the same shape (the folder's config, a
-fresh init drawn from the seed) and against chance, so a number says how much training bought.
+The measures themselves live in ``retrieval.py`` and ``probe.py``; this module reads the samples, prepares the
+images, embeds them with each model and assembles the results. Both are measured for the exported model, for an
+untrained model of the same shape (the folder's config, a fresh init drawn from the seed) and against chance, so
+a number says how much training bought.
 
 - Retrieval (image_text runs, CLIP): the validation split's samples with distinct captions (case and spacing
   ignored) in a seeded order, cut into disjoint pools of ``pool`` samples. In each pool every image ranks the
@@ -38,15 +40,12 @@ import torch
 from pretrain import storage
 from pretrain.config import RecipeError
 from pretrain.data.documents import iter_batches
+from pretrain.evaluate.probe import knn_accuracy, linear_probe, majority_share
+from pretrain.evaluate.retrieval import caption_key, retrieval, retrieval_pools
 from pretrain.manifest import Manifest, Shard
 
 PROBE_TRAIN = 5000  # train-split samples the probe fits on, at most
 PROBE_VAL = 5000  # validation samples the probe is scored on, at most
-MAX_POOLS = 50  # retrieval pools, at most (5,000 samples at the default pool of 100)
-WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)  # the probe's L2 penalties tried (per sample, on standardized features)
-KNN_K = 20
-KNN_TEMPERATURE = 0.07
-SMALL = 1 << 20  # features (elements) below which the probe runs on one thread
 EXAMPLES = 8  # validation images shown in the report
 BATCH = 128
 
@@ -216,141 +215,6 @@ def text_features(encoder: Encoder, captions: Sequence[Sequence[int]], pad_id: i
             mask[r, :len(c)] = 1
         parts.append(encoder.texts(ids, mask).float())
     return torch.cat(parts) if parts else torch.zeros(0)
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to length 1 (cosine similarity as a dot product)."""
-    return torch.nn.functional.normalize(x.float(), dim=-1)
-
-
-# -- retrieval -------------------------------------------------------------------------------------------------
-def caption_key(text: str) -> str:
-    return " ".join((text or "").lower().split())
-
-
-def retrieval_pools(texts: Sequence[str], pool: int, seed: int, max_pools: int = MAX_POOLS) -> list[list[int]]:
-    """Disjoint pools of ``pool`` sample positions whose captions are all distinct, in a seeded order."""
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    seen: set[str] = set()
-    distinct = []
-    for i in order:
-        key = caption_key(texts[i])
-        if key and key not in seen:
-            seen.add(key)
-            distinct.append(i)
-    n = min(len(distinct) // pool, max_pools)
-    if n == 0:
-        raise RecipeError(f"retrieval: the validation split holds {len(distinct)} samples with distinct captions "
-                          f"(of {len(texts)}), fewer than evaluate.retrieval_pool ({pool}): raise "
-                          "split.val_fraction (or add data), or lower evaluate.retrieval_pool")
-    return [distinct[p * pool:(p + 1) * pool] for p in range(n)]
-
-
-def recall_at(sim: torch.Tensor, k: int) -> float:
-    """Share of queries (rows) whose partner (the diagonal) has fewer than ``k`` other candidates scoring at least
-    as high: ties count against the query; a NaN score is a miss."""
-    sim = torch.nan_to_num(sim.float(), nan=-math.inf)
-    correct = sim.diagonal().unsqueeze(1)
-    at_least = (sim >= correct).sum(dim=1) - 1  # other candidates as good or better
-    return (at_least < k).float().mean().item()
-
-
-def retrieval(img: torch.Tensor, txt: torch.Tensor, pools: Sequence[Sequence[int]], ks: Sequence[int] = (1, 5)
-              ) -> tuple[dict[str, float], dict[int, int], dict[int, bool]]:
-    """Recall@k both ways averaged over the pools; per sample, the caption it ranks first in its pool (a
-    position) and whether that is its own caption, strictly ahead of every other."""
-    img, txt = unit(img), unit(txt)
-    sums = {f"{d}_recall_at_{k}": 0.0 for d in ("i2t", "t2i") for k in ks}
-    top: dict[int, int] = {}
-    hit: dict[int, bool] = {}
-    for p in pools:
-        idx = torch.tensor(list(p))
-        sim = img[idx] @ txt[idx].T
-        for k in ks:
-            sums[f"i2t_recall_at_{k}"] += recall_at(sim, k)
-            sums[f"t2i_recall_at_{k}"] += recall_at(sim.T, k)
-        first = torch.nan_to_num(sim, nan=-math.inf)
-        strict = (first >= first.diagonal().unsqueeze(1)).sum(dim=1) == 1
-        for row, (j, ok) in enumerate(zip(first.argmax(dim=1).tolist(), strict.tolist(), strict=True)):
-            top[p[row]], hit[p[row]] = p[j], ok
-    return {key: v / len(pools) for key, v in sums.items()}, top, hit
-
-
-# -- linear probe and k-NN -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def threads_for(elements: int) -> Iterator[None]:
-    """One intra-op thread for small tensors: L-BFGS makes hundreds of tiny calls, and on a busy machine every
-    call's thread hand-off costs more than its arithmetic (100x measured on 2 shared cores)."""
-    before = torch.get_num_threads()
-    if elements < SMALL:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, weight_decay: float, max_iter: int) -> torch.nn.Linear:
-    """Multinomial logistic regression, full batch, L-BFGS from zero: deterministic."""
-    head = torch.nn.Linear(x.shape[1], classes, dtype=torch.float64)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-7, tolerance_change=1e-9, history_size=20)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(x), y) + weight_decay * head.weight.square().sum() / 2
-        loss.backward()
-        return loss
-
-    with torch.enable_grad(), threads_for(x.numel()):
-        opt.step(closure)
-    return head
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
-                 seed: int = 0, max_iter: int = 100) -> dict[str, Any]:
-    """Validation accuracy of a logistic regression on standardized frozen features, its L2 penalty chosen on a
-    seeded fifth of the train features, then refit on all of them. Labels are class indices (>= 0)."""
-    train_x, val_x = train_x.double(), val_x.double()
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
-    classes = int(max(train_y.max().item(), val_y.max().item())) + 1
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-    hold, fit = order[:max(1, len(order) // 5)], order[max(1, len(order) // 5):]
-    best = WEIGHT_DECAYS[-1]
-    if len(fit) >= 2 and len(torch.unique(train_y[fit])) >= 2:
-        scores = []
-        for wd in WEIGHT_DECAYS:
-            head = _fit(train_x[fit], train_y[fit], classes, wd, max_iter)
-            scores.append(((head(train_x[hold]).argmax(1) == train_y[hold]).double().mean().item(), wd))
-        best = max(scores, key=lambda s: (s[0], s[1]))[1]  # a tie: the stronger penalty
-    head = _fit(train_x, train_y, classes, best, max_iter)
-    with torch.no_grad():
-        predicted = head(val_x).argmax(1)
-    return {"accuracy": (predicted == val_y).double().mean().item(), "weight_decay": best,
-            "predicted": predicted.tolist()}
-
-
-def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                 k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> float:
-    """Weighted k-NN (cosine similarity, votes exp(sim / T)) accuracy on the validation features."""
-    train_x, val_x = unit(train_x), unit(val_x)
-    classes = int(max(train_y.max().item(), val_y.max().item())) + 1
-    k = min(k, len(train_x))
-    correct = 0
-    for i in range(0, len(val_x), 1024):
-        sim, idx = (val_x[i:i + 1024] @ train_x.T).topk(k, dim=1)
-        votes = torch.zeros(len(sim), classes, dtype=torch.float64)
-        votes.scatter_add_(1, train_y[idx], (sim.double() / temperature).exp())
-        correct += (votes.argmax(1) == val_y[i:i + 1024]).sum().item()
-    return correct / max(len(val_x), 1)
-
-
-def majority_share(labels: torch.Tensor) -> float:
-    return torch.bincount(labels).max().item() / len(labels) if len(labels) else 0.0
 
 
 def _labelled(labels: Sequence[int], limit: int, seed: int) -> list[int]:
