@@ -30,6 +30,7 @@ from pretrain import storage
 from pretrain.config import Recipe, RecipeError, fingerprint, from_json
 from pretrain.data.documents import ShardWriter, iter_batches
 from pretrain.data.pool import Pool
+from pretrain.data.tokenize import PartitionedPlan
 from pretrain.manifest import Manifest, Shard, merge_stats, reuse
 
 PLAN_NAME = "plan.json"
@@ -47,7 +48,7 @@ READ_COLUMNS = ["id", "source", "image", "text", "label", "date"]
 
 
 @dataclasses.dataclass
-class SamplePlan:
+class SamplePlan(PartitionedPlan):
     root: str
     fingerprint: str
     modality: str  # "image" or "image_text"
@@ -63,14 +64,6 @@ class SamplePlan:
     def shard_url(self, split: str, part: int) -> str:
         return storage.join(self.root, split, f"part-{part:05d}.parquet")
 
-    def marker_url(self, part: int) -> str:
-        return storage.join(self.root, "_done", f"part-{part:05d}.json")
-
-    def part_fingerprint(self, part: int) -> str:
-        return fingerprint(self.fingerprint, "part", part)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def captions(recipe: Recipe) -> bool:

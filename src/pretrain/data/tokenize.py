@@ -53,8 +53,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SPLITS = ("train", "val")
 
 
+class PartitionedPlan:
+    """What a fanned-out step's saved plan (text tokens or image samples) knows of its partitions: each one's
+    completion marker and fingerprint under ``root``, from the step's ``fingerprint``."""
+
+    root: str
+    fingerprint: str
+
+    def marker_url(self, part: int) -> str:
+        return storage.join(self.root, "_done", f"part-{part:05d}.json")
+
+    def part_fingerprint(self, part: int) -> str:
+        return fingerprint(self.fingerprint, "part", part)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
 @dataclasses.dataclass
-class TokenPlan:
+class TokenPlan(PartitionedPlan):
     root: str
     fingerprint: str
     tokenizer: str  # the run's tokenizer folder
@@ -69,14 +86,6 @@ class TokenPlan:
     def shard_url(self, split: str, part: int) -> str:
         return storage.join(self.root, split, f"part-{part:05d}")
 
-    def marker_url(self, part: int) -> str:
-        return storage.join(self.root, "_done", f"part-{part:05d}.json")
-
-    def part_fingerprint(self, part: int) -> str:
-        return fingerprint(self.fingerprint, "part", part)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def is_validation(doc_id: str, val_fraction: float, seed: int) -> bool:

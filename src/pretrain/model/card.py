@@ -145,6 +145,21 @@ def model_index(name: str, objective: str, metrics: dict[str, Any] | None,
 
 
 # -- the card -------------------------------------------------------------------------------------------------
+def front_matter(pipeline: str, tags: list[str], data: dict[str, Any] | None, index: list[dict[str, Any]]) -> str:
+    """The card's YAML metadata: library, pipeline tag, tags, the licence when every training document shares one
+    (a Hub id, else ``other`` with its name), and the model-index results when there are any."""
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline, "tags": tags}
+    lic = uniform_license(data)
+    if lic:
+        if lic.lower() in HUB_LICENSES:
+            meta["license"] = lic.lower()
+        else:
+            meta["license"], meta["license_name"] = "other", lic.lower()
+    if index:
+        meta["model-index"] = index
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+
+
 def render_card(recipe: Recipe, config, *, parameters: int, train: dict[str, Any] | None = None,
                 history: list[dict[str, Any]] | None = None, data: dict[str, Any] | None = None,
                 metrics: dict[str, Any] | None = None, tasks: dict[str, Any] | None = None,
@@ -166,18 +181,8 @@ def render_card(recipe: Recipe, config, *, parameters: int, train: dict[str, Any
     objective = recipe.train.objective
     pipeline, kind, auto = PIPELINES[objective]
     info = lineage_info if lineage_info is not None else lineage(recipe)
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline,
-                            "tags": ["pretrain", "base-model", objective.replace("_", "-")]}
-    lic = uniform_license(data)
-    if lic:
-        if lic.lower() in HUB_LICENSES:
-            meta["license"] = lic.lower()
-        else:
-            meta["license"], meta["license_name"] = "other", lic.lower()
-    index = model_index(recipe.name, objective, metrics, tasks)
-    if index:
-        meta["model-index"] = index
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    front = front_matter(pipeline, ["pretrain", "base-model", objective.replace("_", "-")], data,
+                         model_index(recipe.name, objective, metrics, tasks))
     body = [f"# {recipe.name}", "",
             f"A base (pre-trained, not instruction-tuned) {kind} trained by the `pretrain` platform from recipe "
             f"`{recipe.name}`. Load it with `{auto}.from_pretrained` and `AutoTokenizer.from_pretrained`.", ""]

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from pretrain.config import Recipe
 from pretrain.model.card import (
-    HUB_LICENSES,
     NOT_RECORDED,
     _hardware_lineage,
     _n,
     _table,
     _time_rows,
+    front_matter,
     lineage,
     training_seconds,
-    uniform_license,
 )
 
 IMAGE_PIPELINES = {
@@ -84,18 +81,8 @@ def render_image_card(recipe: Recipe, config, *, parameters: int, train: dict[st
     pipeline, kind, auto = IMAGE_PIPELINES[objective]
     info = lineage_info if lineage_info is not None else lineage(recipe)
     clip = objective == "image_text_contrastive"
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline,
-                            "tags": ["pretrain", "base-model", objective.replace("_", "-"), "clip" if clip else "vit",
-                                     "contrastive-learning"]}
-    lic = uniform_license(data)
-    if lic:
-        if lic.lower() in HUB_LICENSES:
-            meta["license"] = lic.lower()
-        else:
-            meta["license"], meta["license_name"] = "other", lic.lower()
-    if index := image_model_index(recipe.name, images):
-        meta["model-index"] = index
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    front = front_matter(pipeline, ["pretrain", "base-model", objective.replace("_", "-"), "clip" if clip else "vit",
+                                    "contrastive-learning"], data, image_model_index(recipe.name, images))
     loads = f"`{auto}.from_pretrained`" + (", its captions with `AutoTokenizer.from_pretrained`" if clip else "")
     body = [f"# {recipe.name}", "",
             f"A base (pre-trained, not fine-tuned) {kind} trained by the `pretrain` platform from recipe "

@@ -194,6 +194,7 @@ class ImageLoader(_Samples):
     """Training batches over a split's samples shards, shuffled per epoch, exactly resumable (module docstring)."""
 
     samples_before = staticmethod(TokenLoader.samples_before)
+    samples_of = staticmethod(TokenLoader.samples_of)
 
     def __init__(self, shards: list[SampleShardRef], seed: int, image_size: int, caption_len: int = 0,
                  pad_id: int = 0, eos_id: int = 0, *, window: int = DEFAULT_WINDOW, cache: int = DEFAULT_CACHE) -> None:
@@ -235,15 +236,6 @@ class ImageLoader(_Samples):
             k2 = np.searchsorted(cum, w, side="right") - 1
             groups[pick], rows[pick] = order[k2], w - cum[k2]
         return groups, rows
-
-    def samples_of(self, step: int, rank: int, world: int, batch_size: int,
-                   anchor: tuple[int, int] = (0, 0)) -> np.ndarray:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside world of size {world}")
-        first = self.samples_before(step, world, batch_size, anchor) + rank * batch_size
-        if first < 0:
-            raise ValueError(f"step {step} is before the anchor {anchor}")
-        return np.arange(first, first + batch_size, dtype=np.int64)
 
     def batch(self, step: int, rank: int, world: int, batch_size: int, anchor: tuple[int, int] = (0, 0)) -> ImageBatch:
         """The samples of ``rank`` at ``step``: a pure function of (seed, step, rank, world, batch_size, anchor)."""

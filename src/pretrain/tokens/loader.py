@@ -325,11 +325,12 @@ class TokenLoader:
         """Global samples consumed before ``step``: save it with the step to resume on another world size."""
         return int(anchor[1]) + (int(step) - int(anchor[0])) * int(batch_size) * int(world)
 
-    def samples_of(self, step: int, rank: int, world: int, batch_size: int,
-                   anchor: tuple[int, int] = (0, 0)) -> np.ndarray:
+    @staticmethod
+    def samples_of(step: int, rank: int, world: int, batch_size: int, anchor: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The global sample indices of ``rank`` at ``step`` (the image loader shares this numbering)."""
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world of size {world}")
-        first = self.samples_before(step, world, batch_size, anchor) + rank * batch_size
+        first = TokenLoader.samples_before(step, world, batch_size, anchor) + rank * batch_size
         if first < 0:
             raise ValueError(f"step {step} is before the anchor {anchor}")
         return np.arange(first, first + batch_size, dtype=np.int64)

@@ -196,3 +196,15 @@ def scrub_surrogates(text: str, stats: ReadStats) -> str:
     except UnicodeEncodeError:
         stats.repair("lone_surrogate")
         return _SURROGATE.sub("\ufffd", text)
+
+
+def caption_json(raw: bytes, stats: ReadStats) -> dict[str, Any]:
+    """A sample's caption ``.json`` as an object; invalid JSON or a non-object counts as repaired (an empty one)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        stats.repair("invalid_caption_json")
+        return {}
+    return obj

@@ -18,14 +18,13 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import xxhash
 
 from pretrain import storage
 from pretrain.config import BUILTIN_PREFIX
 from pretrain.data.files import matches
 from pretrain.data.images import IMAGE_SUFFIXES
-from pretrain.data.readers.base import InputError, Partition, ReadStats, decode_utf8, image_sample
+from pretrain.data.readers.base import InputError, Partition, ReadStats, caption_json, decode_utf8, image_sample
 
 CAPTION_FIELDS = ("caption", "text")
 BATCH_FILES = 64  # files fetched per request batch
@@ -188,11 +187,4 @@ def _json(raw: Any, stats: ReadStats) -> dict[str, Any]:
         stats.repair("unreadable_caption")
         return {}
     stats.bytes_read += len(raw)
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict):
-        stats.repair("invalid_caption_json")
-        return {}
-    return obj
+    return caption_json(raw, stats)

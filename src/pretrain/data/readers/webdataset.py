@@ -22,11 +22,9 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
-import orjson
-
 from pretrain.data.files import list_files
 from pretrain.data.readers import streams
-from pretrain.data.readers.base import InputError, Partition, ReadStats, decode_utf8, image_sample
+from pretrain.data.readers.base import InputError, Partition, ReadStats, caption_json, decode_utf8, image_sample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_FIELDS = ("caption", "text")
@@ -210,13 +208,4 @@ def _sample(src, cfg, part: Partition, group: _Group, stats: ReadStats) -> dict[
 
 
 def _json(raw: bytes | None, stats: ReadStats) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict):
-        stats.repair("invalid_caption_json")
-        return {}
-    return obj
+    return {} if raw is None else caption_json(raw, stats)
