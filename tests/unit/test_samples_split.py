@@ -188,3 +188,11 @@ def test_image_only_runs_keep_uncaptioned_samples_and_need_no_tokenizer(tmp_path
     assert out.stats["no_caption"] == 0 and out.stats["train_samples"] + out.stats["val_samples"] == len(captioned())
     assert all(r["caption"] == [] for r in rows(out, "val"))
     assert x["labels"] == sorted(SHAPES)
+
+
+def test_an_image_text_run_whose_samples_have_no_captions_says_so(tmp_path):
+    recipe = recipe_at(tmp_path)
+    with pytest.raises(RecipeError, match=r"none of the 12 samples has a caption.*image_contrastive"):
+        samples_split.check_validation(recipe, {"train_samples": 0, "val_samples": 0, "no_caption": 12})
+    with pytest.raises(RecipeError, match=r"split\.val_fraction"):  # some captions, too few held out: as before
+        samples_split.check_validation(recipe, {"train_samples": 30, "val_samples": 0, "no_caption": 12})

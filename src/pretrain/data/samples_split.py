@@ -277,6 +277,10 @@ def check_validation(recipe: Recipe, stats: dict[str, Any]) -> None:
     """Enough held-out samples to evaluate: image-text needs a whole retrieval pool, image-only at least one."""
     val = int(stats.get("val_samples", 0))
     need = recipe.evaluate.retrieval_pool if captions(recipe) else 1
+    if captions(recipe) and not val and not int(stats.get("train_samples", 0)) and int(stats.get("no_caption", 0)):
+        raise RecipeError(f"train.objective image_text_contrastive: none of the {stats['no_caption']} samples has a "
+                          "caption (a .txt/.json beside each image, a webdataset .txt, or text_field): add captions, "
+                          "or train image_contrastive, which needs none")
     if val < need:
         what = f"evaluate.retrieval_pool={need} needs as many" if captions(recipe) else "evaluation needs some"
         raise RecipeError(f"split.val_fraction: the validation split has only {val} samples ({what}; "
