@@ -101,7 +101,9 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_on_one(tmp_path):
     root = tmp_path / "run"
     common = [*SMALL, "train.parallel=fsdp", "train.checkpoint_interval=8", "train.eval_interval=1000",
               "train.decay_fraction=0"]  # wsd, constant: a longer budget extends the stable phase
-    _, url = write_synthetic_run(str(root), [*common, "train.max_steps=8", "train.schedule=wsd"])
+    # the 2-rank run saves asynchronously: FSDP2's DTensor shards go through the CPU stager
+    _, url = write_synthetic_run(str(root), [*common, "train.max_steps=8", "train.schedule=wsd",
+                                             "train.async_checkpoint=on"])
     first = torchrun(url, nproc=2)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _, url = write_synthetic_run(str(root), [*common, "train.max_steps=12", "train.schedule=wsd"])

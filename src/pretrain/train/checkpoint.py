@@ -65,6 +65,18 @@ def _writer(url: str):
     return dcp.FileSystemWriter(url)
 
 
+def _stager():
+    """On CUDA, DCP's stager (pinned memory, non-blocking copies); on CPU ours, whose copies release the GIL."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        return DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
+                                            use_async_staging=True, use_non_blocking_copy=True))
+    from pretrain.train.staging import CpuCopyStager
+
+    return CpuCopyStager()
+
+
 def _reader(url: str):
     if storage.is_remote(url):
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
@@ -93,7 +105,7 @@ class CheckpointManager:
     fingerprint: str = ""
     keep_every: int | None = None
     asynchronous: bool = False
-    _pending: tuple[Any, int, str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _pending: tuple[Any, int, str, dict[str, Any], bytes] | None = field(default=None, init=False, repr=False)
     _staging: Any = field(default=None, init=False, repr=False)
     _stager: Any = field(default=None, init=False, repr=False)
     _group: Any = field(default=None, init=False, repr=False)
@@ -143,21 +155,15 @@ class CheckpointManager:
         torch.save(rng_state(), buf)
         if self.asynchronous:
             if self._stager is None:
-                from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-                cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-                self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                                            use_async_staging=True, use_non_blocking_copy=cuda))
+                self._stager = _stager()
             response = dcp.async_save(state, storage_writer=_writer(url), process_group=self._group,
                                       async_stager=self._stager)
             self._staging, future = response.staging_completion, response.upload_completion
-            storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
-            self._pending = (future, step, url, meta)
+            self._pending = (future, step, url, meta, buf.getvalue())
             return url
         with _single_process_ok():
             dcp.save(state, storage_writer=_writer(url))
-        storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), buf.getvalue())
-        self._commit(step, url, meta)
+        self._commit(step, url, meta, buf.getvalue())
         return url
 
     def finish(self) -> int | None:
@@ -165,10 +171,10 @@ class CheckpointManager:
         self.wait_staged()
         if self._pending is None:
             return None
-        future, step, url, meta = self._pending
+        future, step, url, meta, rng = self._pending
         self._pending = None
         future.result()
-        self._commit(step, url, meta)
+        self._commit(step, url, meta, rng)
         return step
 
     def wait_staged(self) -> None:
@@ -184,7 +190,8 @@ class CheckpointManager:
             self._stager.close()
             self._stager = None
 
-    def _commit(self, step: int, url: str, meta: dict[str, Any]) -> None:
+    def _commit(self, step: int, url: str, meta: dict[str, Any], rng: bytes) -> None:
+        storage.write_bytes(storage.join(url, f"rng-rank{_rank()}.pt"), rng)  # here, off an async save's blocking part
         _barrier()  # every rank's shard and RNG file are written
         if _rank() == 0:
             storage.write_text(storage.join(url, "extra.json"), json.dumps(meta, default=float))
