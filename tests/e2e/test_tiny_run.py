@@ -127,7 +127,10 @@ def test_rerun_reuses_finished_work(tiny_run):
 def test_interrupted_run_continues_where_it_stopped(tmp_path):
     args = [sys.executable, "-m", "pretrain.cli", "run", "tiny", "train.checkpoint_interval=50"]
     log = (tmp_path / "first-run.log").open("w")  # a file, not a pipe nobody reads, which would block the run
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT back to its default in the child: a suite started as a background job (`make test &`) inherits
+    # it ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = tmp_path / "runs" / "tiny" / "checkpoints" / "step-0000050" / "_COMMITTED"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
