@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -33,7 +32,6 @@ from pretrain.data.pool import Pool
 from pretrain.data.tokenize import PartitionedPlan
 from pretrain.manifest import Manifest, Shard, merge_stats, reuse
 
-PLAN_NAME = "plan.json"
 SPLITS = ("train", "val")
 ROW_GROUP_ROWS = 256
 SPLIT_SCHEMA = pa.schema([
@@ -89,19 +87,16 @@ def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> Sampl
     """The caption tokenizer (image-text), the labels and the plan; reused when made from the same inputs."""
     root = recipe.url("tokens")
     fp = fp or step_fingerprint(recipe, documents)
-    try:
-        found = SamplePlan(**json.loads(storage.read_text(storage.join(root, PLAN_NAME))))
-        if found.fingerprint == fp:
-            return found
-    except (FileNotFoundError, TypeError):  # none yet, or a text run's plan at the same place
-        pass
+    found = SamplePlan.saved(root, fp)
+    if found is not None:
+        return found
     tok: dict[str, Any] = {"tokenizer": "", "tokenizer_hash": "", "vocab_size": 0, "eos_id": None, "pad_id": None}
     if captions(recipe):
         tok = _tokenizer(recipe, documents)
     partitions = [{"url": s.url, "source": s.meta.get("source", ""), "rows": s.rows} for s in documents.shards]
     plan = SamplePlan(root=root, fingerprint=fp, modality=recipe.modality, labels=_labels(documents, captions(recipe)),
                       image_size=recipe.images.size, partitions=partitions, **tok)
-    storage.write_text(storage.join(root, PLAN_NAME), plan.to_json())
+    plan.save()
     return plan
 
 
@@ -159,7 +154,7 @@ def _labels(documents: Manifest, need_caption: bool) -> list[str]:
 
 
 def load_plan(recipe: Recipe) -> SamplePlan:
-    return SamplePlan(**json.loads(storage.read_text(storage.join(recipe.url("tokens"), PLAN_NAME))))
+    return SamplePlan.load(recipe.url("tokens"))
 
 
 # -- stage 2: one partition ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import functools
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +68,22 @@ class PartitionedPlan:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def save(self) -> None:
+        storage.write_text(storage.join(self.root, PLAN_NAME), self.to_json())
+
+    @classmethod
+    def load(cls, root: str) -> Self:
+        return cls(**json.loads(storage.read_text(storage.join(root, PLAN_NAME))))
+
+    @classmethod
+    def saved(cls, root: str, fp: str) -> Self | None:
+        """The plan saved under ``root`` when it was made from the same inputs (``fp``); else None."""
+        try:
+            found = cls.load(root)
+        except (FileNotFoundError, TypeError):  # none yet, or the other modality's plan at the same place
+            return None
+        return found if found.fingerprint == fp else None
 
 
 @dataclasses.dataclass
@@ -196,12 +212,9 @@ def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> Token
 
     root = recipe.url("tokens")
     fp = fp or step_fingerprint(recipe, documents)
-    try:
-        found = TokenPlan(**json.loads(storage.read_text(storage.join(root, PLAN_NAME))))
-        if found.fingerprint == fp:
-            return found
-    except FileNotFoundError:
-        pass
+    found = TokenPlan.saved(root, fp)
+    if found is not None:
+        return found
     tok_url = recipe.url("tokenizer")
     source = tokenizer_source(recipe)
     if source:
@@ -220,7 +233,7 @@ def prepare(recipe: Recipe, documents: Manifest, fp: str | None = None) -> Token
     plan = TokenPlan(root=root, fingerprint=fp, tokenizer=tok_url, tokenizer_hash=tokenizer_hash(tok_url),
                      encoder=encoder.kind, vocab_size=tok.get_vocab_size(), eos_id=int(ids["eos"]),
                      partitions=partitions, pad_id=ids["pad"], mask_id=ids["mask"])
-    storage.write_text(storage.join(root, PLAN_NAME), plan.to_json())
+    plan.save()
     return plan
 
 
@@ -229,7 +242,7 @@ def load_plan(recipe: Recipe) -> TokenPlan | SamplePlan:
         from pretrain.data import samples_split
 
         return samples_split.load_plan(recipe)
-    return TokenPlan(**json.loads(storage.read_text(storage.join(recipe.url("tokens"), PLAN_NAME))))
+    return TokenPlan.load(recipe.url("tokens"))
 
 
 def _copy_tokenizer(source: str, dest: str) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 from collections.abc import Iterator
+from operator import attrgetter
 from typing import Any
 
 import xxhash
+from more_itertools import constrained_batches
 
 from pretrain import storage
 from pretrain.config import BUILTIN_PREFIX
@@ -101,7 +103,8 @@ def read(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[s
     count, mine = max(part.end, 1), part.start
     todo = [e for e in entries if _selected(src, e.rel) and bucket(e.rel, count) == mine]
     label_field = src.label_field or ("folder" if src.uri == BUILTIN_PREFIX + "shapes" else None)
-    for batch in _batches(todo):
+    for batch in constrained_batches(todo, BATCH_BYTES, BATCH_FILES, get_len=attrgetter("size"),
+                                     strict=False):
         sidecars = {}
         for e in batch:
             for suffix in (".txt", ".json"):
@@ -126,19 +129,6 @@ def read(src, part: Partition, stats: ReadStats, images=None) -> Iterator[dict[s
                                label=label, meta=meta)
             if row is not None:
                 yield row
-
-
-def _batches(entries: list[Entry]) -> Iterator[list[Entry]]:
-    batch: list[Entry] = []
-    size = 0
-    for e in entries:
-        if batch and (len(batch) >= BATCH_FILES or size + e.size > BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(e)
-        size += e.size
-    if batch:
-        yield batch
 
 
 def _fetch(fs, paths: list[str]) -> dict[str, bytes | BaseException]:

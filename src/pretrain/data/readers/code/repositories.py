@@ -17,8 +17,11 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from posixpath import basename
 from typing import IO, Any
+
+from more_itertools import constrained_batches
 
 from pretrain import storage
 from pretrain.data.readers import streams
@@ -210,7 +213,7 @@ class FolderRepository(Repository):
             for e in entries:
                 yield e, functools.partial(_read_local, e.key, limit)
             return
-        for batch in _batches(entries, READ_BATCH_BYTES):
+        for batch in constrained_batches(entries, READ_BATCH_BYTES, get_len=attrgetter("size"), strict=False):
             got = self.fs.cat([e.key for e in batch], on_error="return")
             for e in batch:
                 yield e, functools.partial(_fetched, got.get(e.key), e)
@@ -225,19 +228,6 @@ def _fetched(value: Any, entry: Entry) -> bytes:
     if isinstance(value, BaseException) or value is None:
         raise Broken(None, f"cannot read {entry.path}: {value!r}")
     return value
-
-
-def _batches(entries: list[Entry], max_bytes: int) -> Iterator[list[Entry]]:
-    batch: list[Entry] = []
-    total = 0
-    for e in entries:
-        if batch and total + e.size > max_bytes:
-            yield batch
-            batch, total = [], 0
-        batch.append(e)
-        total += e.size
-    if batch:
-        yield batch
 
 
 def _pruned(folder: str, exclude: list[str]) -> bool:
