@@ -35,14 +35,25 @@ def write_mixed_recipe(cwd: Path) -> Path:
     return path
 
 
+def run_recipe(recipe: Path, cwd: Path, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
+    """`pretrain run RECIPE` in ``cwd``, as a user runs it: the finished process and its seconds; it must succeed."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pretrain.cli", "run", str(recipe)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc, elapsed
+
+
+@pytest.fixture(scope="session")
+def pretrain_run():
+    """``run_recipe`` for the e2e modules' own run fixtures."""
+    return run_recipe
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     """(run root, the `pretrain run` process, its seconds); the recipe is ``<run root>/../../mixed.yaml``."""
     cwd = tmp_path_factory.mktemp("e2e")
-    recipe = write_mixed_recipe(cwd)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pretrain.cli", "run", str(recipe)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ))
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc, elapsed = run_recipe(write_mixed_recipe(cwd), cwd, timeout=300)
     return cwd / "runs" / "tiny", proc, elapsed

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +49,7 @@ def _webdataset(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+def image_run(tmp_path_factory, pretrain_run) -> tuple[Path, subprocess.CompletedProcess, float]:
     from pretrain.config import builtin_recipe_path
 
     cwd = tmp_path_factory.mktemp("e2e-images")
@@ -69,11 +66,7 @@ def image_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, floa
     recipe["train"]["checkpoint_interval"] = 75
     path = cwd / "clip.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pretrain.cli", "run", str(path)], cwd=cwd, capture_output=True,
-                          text=True, timeout=420, env=dict(os.environ))
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc, elapsed = pretrain_run(path, cwd, timeout=420)
     return cwd / "runs" / "clip-tiny", proc, elapsed
 
 
